@@ -1,0 +1,14 @@
+//! mdlm: Masked Diffusion Language Models (Sahoo et al., NeurIPS 2024) on libtorch.
+//!
+//! Data flows one way: config → data → backbone → diffusion → train / eval / sample.
+
+pub mod backbone;
+pub mod checkpoint;
+pub mod cmd;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod diffusion;
+pub mod eval;
+pub mod sample;
+pub mod train;

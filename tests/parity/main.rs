@@ -1,0 +1,86 @@
+//! Parity with the reference implementation: every case listed in `$MDLM_PARITY_DIR/manifest.json`
+//! is dispatched on its `kind`; kinds this port does not implement yet are reported as skipped by
+//! name, never passed.
+
+mod common;
+
+use common::{Case, parity_dir};
+
+type Runner = fn(&Case) -> anyhow::Result<()>;
+
+fn runner_for(kind: &str) -> Option<Runner> {
+    match kind {
+        _ => None,
+    }
+}
+
+#[test]
+fn parity_all_cases() {
+    let dir = parity_dir();
+    let manifest_path = dir.join("manifest.json");
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&manifest_path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", manifest_path.display())),
+    )
+    .expect("manifest.json is JSON");
+    let names: Vec<String> = match &manifest {
+        serde_json::Value::Array(a) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect(),
+        serde_json::Value::Object(o) => o["cases"]
+            .as_array()
+            .expect("manifest.cases")
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(String::from)
+                    .or_else(|| v["name"].as_str().map(String::from))
+                    .expect("case name")
+            })
+            .collect(),
+        _ => panic!("manifest.json: unexpected layout"),
+    };
+    let (mut passed, mut skipped, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    for name in &names {
+        let case = match Case::load(&dir, name) {
+            Ok(c) => c,
+            Err(e) => {
+                failed.push(format!("{name}: {e:#}"));
+                continue;
+            }
+        };
+        match runner_for(&case.kind) {
+            None => skipped.push(format!("{name} (kind {} not implemented yet)", case.kind)),
+            Some(run) => match run(&case) {
+                Ok(()) => passed.push(name.clone()),
+                Err(e) => match e.downcast_ref::<common::Skip>() {
+                    Some(why) => skipped.push(format!("{name} ({why})")),
+                    None => failed.push(format!("{name}: {e:#}")),
+                },
+            },
+        }
+    }
+    for p in &passed {
+        println!("parity PASS {p}");
+    }
+    for s in &skipped {
+        println!("parity SKIP {s}");
+    }
+    for f in &failed {
+        println!("parity FAIL {f}");
+    }
+    println!(
+        "parity: {} passed, {} failed, {} skipped",
+        passed.len(),
+        failed.len(),
+        skipped.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} parity case(s) failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+    assert!(!passed.is_empty(), "no parity case ran");
+}
