@@ -1,1 +1,3 @@
-//! (in progress)
+//! Evaluation: token-weighted NLL / BPD / PPL accumulated in float64.
+
+pub mod metrics;

@@ -1,1 +1,132 @@
-//! (in progress)
+//! Samplers of the reverse process. They see the model only through [`Denoiser`], so they can be
+//! tested against an oracle and against replayed reference draws.
+
+pub mod categorical;
+pub mod ddpm;
+pub mod ddpm_cache;
+
+use crate::backbone::Backbone;
+use crate::diffusion::Diffusion;
+use categorical::Uniforms;
+use std::cell::Cell;
+use tch::{Device, Kind, Tensor};
+
+/// p(x0 | xt) as log-probabilities `[B, L, V]`, given the noise level `sigma [B]`.
+pub trait Denoiser {
+    fn log_probs(&self, x: &Tensor, sigma: &Tensor) -> Tensor;
+    /// Forward passes made so far (the cost a cached sampler saves).
+    fn calls(&self) -> usize;
+}
+
+/// A backbone + parameterization in eval mode, without gradients.
+pub struct ModelDenoiser<'a> {
+    pub backbone: &'a dyn Backbone,
+    pub diffusion: &'a Diffusion,
+    calls: Cell<usize>,
+}
+
+impl<'a> ModelDenoiser<'a> {
+    pub fn new(backbone: &'a dyn Backbone, diffusion: &'a Diffusion) -> Self {
+        ModelDenoiser {
+            backbone,
+            diffusion,
+            calls: Cell::new(0),
+        }
+    }
+}
+
+impl Denoiser for ModelDenoiser<'_> {
+    fn log_probs(&self, x: &Tensor, sigma: &Tensor) -> Tensor {
+        self.calls.set(self.calls.get() + 1);
+        tch::no_grad(|| self.diffusion.forward(self.backbone, x, sigma, false))
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.get()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Predictor {
+    Ddpm,
+    DdpmCache,
+}
+
+#[derive(Clone, Debug)]
+pub struct SampleSpec {
+    pub predictor: Predictor,
+    pub steps: i64,
+    /// Final time of the grid (the reference's `eps=1e-5`).
+    pub eps: f64,
+    pub noise_removal: bool,
+    pub batch: i64,
+    pub length: i64,
+}
+
+pub struct SampleOut {
+    pub tokens: Tensor,
+    /// x before the first step and after every step (noise removal excluded).
+    pub trajectory: Vec<Tensor>,
+    pub forward_calls: usize,
+}
+
+/// `Diffusion._sample`: from the all-mask prior along `linspace(1, eps, steps + 1)`, then one
+/// argmax denoising step at the last time when `noise_removal` is on.
+pub fn sample(
+    den: &dyn Denoiser,
+    diff: &Diffusion,
+    spec: &SampleSpec,
+    device: Device,
+    uniforms: &mut dyn Uniforms,
+    keep_trajectory: bool,
+) -> anyhow::Result<SampleOut> {
+    if spec.predictor == Predictor::DdpmCache
+        && !matches!(diff.noise, crate::diffusion::Noise::LogLinear { .. })
+    {
+        anyhow::bail!(
+            "sampling.predictor=ddpm_cache needs noise=loglinear (it uses t as the move chance); use sampling.predictor=ddpm"
+        );
+    }
+    let calls_before = den.calls();
+    let mut x = Tensor::full(
+        [spec.batch, spec.length],
+        diff.mask_index,
+        (Kind::Int64, device),
+    );
+    let timesteps = Tensor::linspace(1.0, spec.eps, spec.steps + 1, (Kind::Float, device));
+    let dt = (1.0 - spec.eps) / spec.steps as f64;
+    let mut trajectory = Vec::new();
+    if keep_trajectory {
+        trajectory.push(x.copy());
+    }
+    let mut cache: Option<Tensor> = None;
+    let ones = Tensor::ones([spec.batch, 1], (Kind::Float, device));
+    for i in 0..spec.steps {
+        let t = timesteps.get(i) * &ones;
+        x = match spec.predictor {
+            Predictor::Ddpm => ddpm::step(den, diff, &x, &t, dt, uniforms),
+            Predictor::DdpmCache => {
+                let (p_x0, x_next) =
+                    ddpm_cache::step(den, diff, &x, &t, dt, cache.take(), uniforms);
+                // Reusable only while xt is unchanged and the network ignores the time.
+                if x_next.equal(&x) && !diff.time_conditioning {
+                    cache = Some(p_x0);
+                }
+                x_next
+            }
+        };
+        if keep_trajectory {
+            trajectory.push(x.copy());
+        }
+    }
+    if spec.noise_removal {
+        let t = timesteps.get(spec.steps) * &ones;
+        let sigma = diff.noise.total(&t).reshape([-1]);
+        x = den.log_probs(&x, &sigma).argmax(-1, false);
+    }
+    Ok(SampleOut {
+        tokens: x,
+        trajectory,
+        forward_calls: den.calls() - calls_before,
+    })
+}

@@ -3,6 +3,7 @@
 //! name, never passed.
 
 mod common;
+mod model_cases;
 
 use common::{Case, parity_dir};
 
@@ -10,6 +11,12 @@ type Runner = fn(&Case) -> anyhow::Result<()>;
 
 fn runner_for(kind: &str) -> Option<Runner> {
     match kind {
+        "noise_schedule" => Some(model_cases::noise_schedule),
+        "dit_forward" => Some(model_cases::dit_forward),
+        "parameterization" => Some(model_cases::parameterization),
+        "loss" => Some(model_cases::loss),
+        "sampler_step" => Some(model_cases::sampler_step),
+        "sampling_run" => Some(model_cases::sampling_run),
         _ => None,
     }
 }
@@ -52,13 +59,25 @@ fn parity_all_cases() {
         };
         match runner_for(&case.kind) {
             None => skipped.push(format!("{name} (kind {} not implemented yet)", case.kind)),
-            Some(run) => match run(&case) {
-                Ok(()) => passed.push(name.clone()),
-                Err(e) => match e.downcast_ref::<common::Skip>() {
-                    Some(why) => skipped.push(format!("{name} ({why})")),
-                    None => failed.push(format!("{name}: {e:#}")),
-                },
-            },
+            Some(run) => {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&case)))
+                    .unwrap_or_else(|p| {
+                        let msg = p
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+                        Err(anyhow::anyhow!(
+                            "panicked: {}",
+                            msg.unwrap_or_default().lines().next().unwrap_or("")
+                        ))
+                    }) {
+                    Ok(()) => passed.push(name.clone()),
+                    Err(e) => match e.downcast_ref::<common::Skip>() {
+                        Some(why) => skipped.push(format!("{name} ({why})")),
+                        None => failed.push(format!("{name}: {e:#}")),
+                    },
+                }
+            }
         }
     }
     for p in &passed {

@@ -1,0 +1,194 @@
+//! Diffusion Transformer with adaLN time conditioning and rotary attention (Peebles & Xie, 2023, as
+//! used by MDLM). Mirrors the reference's `models/dit.py` (`DIT`, `DDiTBlock`, `DDitFinalLayer`);
+//! parameter paths equal its state-dict names under the caller's prefix (`backbone`).
+
+use super::layers::{LayerNorm, Linear, TimestepEmbedder, apply_rotary, modulate, rotary_tables};
+use super::{Backbone, Precision};
+use tch::{Kind, Tensor, nn};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DitConfig {
+    /// Including the mask token when the tokenizer has none.
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub cond_dim: i64,
+    pub n_blocks: i64,
+    pub n_heads: i64,
+    pub dropout: f64,
+    pub mlp_ratio: i64,
+    pub frequency_embedding_size: i64,
+    pub rotary_base: f64,
+}
+
+impl DitConfig {
+    pub fn head_dim(&self) -> i64 {
+        self.hidden_size / self.n_heads
+    }
+}
+
+struct Block {
+    norm1: LayerNorm,
+    attn_qkv: Linear,
+    attn_out: Linear,
+    norm2: LayerNorm,
+    mlp0: Linear,
+    mlp2: Linear,
+    ada_ln: Linear,
+    n_heads: i64,
+    dropout: f64,
+}
+
+impl Block {
+    fn new(p: nn::Path, cfg: &DitConfig) -> Block {
+        let h = cfg.hidden_size;
+        let mlp = &p / "mlp";
+        Block {
+            norm1: LayerNorm::new(&p / "norm1", h),
+            attn_qkv: Linear::new(&p / "attn_qkv", h, 3 * h, false),
+            attn_out: Linear::new(&p / "attn_out", h, h, false),
+            norm2: LayerNorm::new(&p / "norm2", h),
+            mlp0: Linear::new(&mlp / "0", h, cfg.mlp_ratio * h, true),
+            mlp2: Linear::new(&mlp / "2", cfg.mlp_ratio * h, h, true),
+            ada_ln: Linear::zeros(&p / "adaLN_modulation", cfg.cond_dim, 6 * h),
+            n_heads: cfg.n_heads,
+            dropout: cfg.dropout,
+        }
+    }
+
+    /// `x [B, L, H]` float32 residual stream; `c [B, cond]`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        c: &Tensor,
+        kind: Kind,
+        train: bool,
+    ) -> Tensor {
+        let (b, l, h) = x.size3().expect("[B, L, H]");
+        let dh = h / self.n_heads;
+        let m = self.ada_ln.forward(c, kind).unsqueeze(1).chunk(6, 2); // 6 x [B, 1, H]
+        let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
+        let (shift_mlp, scale_mlp, gate_mlp) = (&m[3], &m[4], &m[5]);
+
+        let a = modulate(&self.norm1.forward(x), shift_msa, scale_msa);
+        let qkv = self
+            .attn_qkv
+            .forward(&a, kind)
+            .view([b, l, 3, self.n_heads, dh]);
+        let q = apply_rotary(&qkv.select(2, 0), cos, sin).transpose(1, 2); // [B, nh, L, dh]
+        let k = apply_rotary(&qkv.select(2, 1), cos, sin).transpose(1, 2);
+        let v = qkv.select(2, 2).transpose(1, 2);
+        let attn = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<Tensor>,
+            0.0,
+            false,
+            None,
+            false,
+        );
+        let attn = attn.transpose(1, 2).reshape([b, l, h]); // heads back to H, head-major
+        let out = self
+            .attn_out
+            .forward(&attn, kind)
+            .dropout(self.dropout, train);
+        let x = x + gate_msa * out;
+
+        let a = modulate(&self.norm2.forward(&x), shift_mlp, scale_mlp);
+        let hdn = self.mlp0.forward(&a, kind).gelu("tanh");
+        let out = self.mlp2.forward(&hdn, kind).dropout(self.dropout, train);
+        &x + gate_mlp * out
+    }
+}
+
+struct FinalLayer {
+    norm_final: LayerNorm,
+    linear: Linear,
+    ada_ln: Linear,
+}
+
+impl FinalLayer {
+    fn new(p: nn::Path, cfg: &DitConfig) -> FinalLayer {
+        let h = cfg.hidden_size;
+        FinalLayer {
+            norm_final: LayerNorm::new(&p / "norm_final", h),
+            linear: Linear::zeros(&p / "linear", h, cfg.vocab_size),
+            ada_ln: Linear::zeros(&p / "adaLN_modulation", cfg.cond_dim, 2 * h),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, c: &Tensor, kind: Kind) -> Tensor {
+        let m = self.ada_ln.forward(c, kind).unsqueeze(1).chunk(2, 2);
+        let a = modulate(&self.norm_final.forward(x), &m[0], &m[1]);
+        self.linear.forward(&a, kind)
+    }
+}
+
+pub struct Dit {
+    vocab_embed: Tensor,
+    sigma_map: TimestepEmbedder,
+    inv_freq: Tensor,
+    blocks: Vec<Block>,
+    output_layer: FinalLayer,
+    precision: Precision,
+}
+
+impl Dit {
+    /// `p` is the backbone's own path (`root / "backbone"`).
+    pub fn new(p: nn::Path, cfg: &DitConfig, precision: Precision) -> Dit {
+        let h = cfg.hidden_size;
+        // kaiming_uniform(a=sqrt(5)) on a [V, H] tensor: U(-1/sqrt(H), 1/sqrt(H)).
+        let bound = 1.0 / (h as f64).sqrt();
+        let vocab_embed = (&p / "vocab_embed").var(
+            "embedding",
+            &[cfg.vocab_size, h],
+            nn::Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        );
+        let sigma_map =
+            TimestepEmbedder::new(&p / "sigma_map", cfg.cond_dim, cfg.frequency_embedding_size);
+        // A buffer in the reference's state dict; kept out of the trainable set.
+        let dh = cfg.head_dim();
+        let inv_freq = (&p / "rotary_emb").zeros_no_train("inv_freq", &[dh / 2]);
+        tch::no_grad(|| {
+            let j = Tensor::arange_start_step(0, dh, 2, (Kind::Float, inv_freq.device()));
+            let v = (j / dh as f64 * cfg.rotary_base.ln()).exp().reciprocal();
+            inv_freq.shallow_clone().copy_(&v);
+        });
+        let blocks_p = &p / "blocks";
+        let blocks = (0..cfg.n_blocks)
+            .map(|i| Block::new(&blocks_p / i, cfg))
+            .collect();
+        let output_layer = FinalLayer::new(&p / "output_layer", cfg);
+        Dit {
+            vocab_embed,
+            sigma_map,
+            inv_freq,
+            blocks,
+            output_layer,
+            precision,
+        }
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+}
+
+impl Backbone for Dit {
+    fn forward(&self, ids: &Tensor, sigma: &Tensor, train: bool) -> Tensor {
+        let kind = self.precision.kind();
+        let x = Tensor::embedding(&self.vocab_embed, ids, -1, false, false); // [B, L, H]
+        let c = self.sigma_map.forward(sigma).silu(); // [B, cond]
+        let (cos, sin) = rotary_tables(&self.inv_freq, ids.size()[1]);
+        let mut x = x;
+        for block in &self.blocks {
+            x = block.forward(&x, &cos, &sin, &c, kind, train);
+        }
+        self.output_layer.forward(&x, &c, kind).to_kind(Kind::Float)
+    }
+}

@@ -1,0 +1,129 @@
+//! Building blocks of the DiT (reference: `models/dit.py`), each built at the parameter path the
+//! reference's state dict uses, so checkpoints interoperate.
+
+use tch::{Kind, Tensor, nn};
+
+/// `nn.Linear` with the reference's names (`weight`, `bias`) and PyTorch's default init, computed
+/// in the caller's precision the way autocast would: inputs and weights cast to `kind`.
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(p: nn::Path, d_in: i64, d_out: i64, bias: bool) -> Linear {
+        let cfg = nn::LinearConfig {
+            bias,
+            ..Default::default()
+        };
+        let l = nn::linear(p, d_in, d_out, cfg);
+        Linear {
+            weight: l.ws,
+            bias: l.bs,
+        }
+    }
+
+    /// Zero-initialised, as the reference does for adaLN modulations and the output layer.
+    pub fn zeros(p: nn::Path, d_in: i64, d_out: i64) -> Linear {
+        let weight = p.zeros("weight", &[d_out, d_in]);
+        let bias = Some(p.zeros("bias", &[d_out]));
+        Linear { weight, bias }
+    }
+
+    pub fn forward(&self, x: &Tensor, kind: Kind) -> Tensor {
+        let w = self.weight.to_kind(kind);
+        let b = self.bias.as_ref().map(|b| b.to_kind(kind));
+        x.to_kind(kind).linear(&w, b.as_ref())
+    }
+}
+
+/// LayerNorm without bias (`models/dit.py: LayerNorm`): normalised in float32 with autocast off,
+/// then scaled by `weight`.
+pub struct LayerNorm {
+    pub weight: Tensor,
+    dim: i64,
+}
+
+impl LayerNorm {
+    pub fn new(p: nn::Path, dim: i64) -> LayerNorm {
+        LayerNorm {
+            weight: p.ones("weight", &[dim]),
+            dim,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let x = x.to_kind(Kind::Float).layer_norm(
+            [self.dim],
+            None::<Tensor>,
+            None::<Tensor>,
+            1e-5,
+            true,
+        );
+        x * &self.weight
+    }
+}
+
+/// `x * (1 + scale) + shift`, with shift/scale `[B, 1, H]`.
+pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Tensor {
+    x * (scale + 1.0) + shift
+}
+
+/// Sinusoidal features of the noise level followed by an MLP (`TimestepEmbedder`).
+pub struct TimestepEmbedder {
+    mlp0: Linear,
+    mlp2: Linear,
+    freq_dim: i64,
+}
+
+impl TimestepEmbedder {
+    pub fn new(p: nn::Path, cond_dim: i64, freq_dim: i64) -> TimestepEmbedder {
+        let mlp = &p / "mlp";
+        TimestepEmbedder {
+            mlp0: Linear::new(&mlp / "0", freq_dim, cond_dim, true),
+            mlp2: Linear::new(&mlp / "2", cond_dim, cond_dim, true),
+            freq_dim,
+        }
+    }
+
+    /// `sigma [B]` → `[B, cond_dim]`, float32 (the reference runs it outside the bf16 region).
+    pub fn forward(&self, sigma: &Tensor) -> Tensor {
+        let emb = timestep_embedding(sigma, self.freq_dim, 10_000.0);
+        let h = self.mlp0.forward(&emb, Kind::Float).silu();
+        self.mlp2.forward(&h, Kind::Float)
+    }
+}
+
+/// `[cos(t f_k), sin(t f_k)]` with `f_k = exp(-ln(max_period) k / half)`.
+pub fn timestep_embedding(t: &Tensor, dim: i64, max_period: f64) -> Tensor {
+    let half = dim / 2;
+    let k = Tensor::arange(half, (Kind::Float, t.device()));
+    let freqs = (k * (-max_period.ln()) / half as f64).exp();
+    let args = t.to_kind(Kind::Float).unsqueeze(1) * freqs.unsqueeze(0); // [B, half]
+    let emb = Tensor::cat(&[args.cos(), args.sin()], -1);
+    if dim % 2 == 1 {
+        Tensor::cat(&[&emb, &emb.zeros_like().narrow(1, 0, 1)], -1)
+    } else {
+        emb
+    }
+}
+
+/// Rotary position tables for `seq_len` positions: `(cos, sin)`, each `[L, d/2]`.
+pub fn rotary_tables(inv_freq: &Tensor, seq_len: i64) -> (Tensor, Tensor) {
+    let pos = Tensor::arange(seq_len, (Kind::Float, inv_freq.device()));
+    let angles = pos.unsqueeze(1) * inv_freq.unsqueeze(0); // [L, d/2]
+    (angles.cos(), angles.sin())
+}
+
+/// "Rotate half" rotary embedding on `x [B, L, H, D]`: with x1, x2 the halves of D,
+/// `[x1 cos - x2 sin, x1 sin + x2 cos]`. Tables are `[L, D/2]`, cast to x's dtype as the reference
+/// does.
+pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let d = x.size()[3];
+    let kind = x.kind();
+    let cos = cos.to_kind(kind).unsqueeze(0).unsqueeze(2); // [1, L, 1, D/2]
+    let sin = sin.to_kind(kind).unsqueeze(0).unsqueeze(2);
+    let x1 = x.narrow(3, 0, d / 2);
+    let x2 = x.narrow(3, d / 2, d / 2);
+    Tensor::cat(&[&x1 * &cos - &x2 * &sin, &x1 * &sin + &x2 * &cos], 3)
+}

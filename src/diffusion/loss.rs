@@ -1,0 +1,238 @@
+//! The NELBO as a weighted masked-LM loss (MDLM eq. 10; reference: `Diffusion._loss`,
+//! `_forward_pass_diffusion`, `_d3pm_loss`, `_score_entropy`).
+//!
+//! Randomness enters only through [`Draws`], so a test can replay the reference's exact draws and
+//! training can use the device generator.
+
+use super::{Diffusion, Parameterization};
+use crate::backbone::Backbone;
+use anyhow::Result;
+use tch::{Device, Kind, Tensor};
+
+/// The two uniform draws of one loss evaluation, in the reference's call order.
+pub struct Draws {
+    /// `[B]`: the time draw of `_sample_t`.
+    pub u_t: Tensor,
+    /// `[B, L]`: the masking draw of `q_xt`.
+    pub u_mask: Tensor,
+}
+
+impl Draws {
+    pub fn sample(batch: i64, len: i64, device: Device) -> Draws {
+        let u_t = Tensor::rand([batch], (Kind::Float, device));
+        let u_mask = Tensor::rand([batch, len], (Kind::Float, device));
+        Draws { u_t, u_mask }
+    }
+}
+
+/// Everything one loss evaluation produces; tests compare each part with the reference.
+pub struct LossParts {
+    /// Token-mean NELBO (what is minimised).
+    pub loss: Tensor,
+    /// `[B, L]` per-token loss times the attention mask.
+    pub nlls: Tensor,
+    /// `[B, L]` before the attention mask.
+    pub loss_per_token: Tensor,
+    pub token_mask: Tensor,
+    pub t: Tensor,
+    pub sigma: Option<Tensor>,
+    pub dsigma: Option<Tensor>,
+    pub move_chance: Tensor,
+    pub conditioning: Tensor,
+    pub xt: Tensor,
+    pub model_output: Tensor,
+}
+
+impl Diffusion {
+    /// `_sample_t` given the uniforms `u [B]`.
+    pub fn sample_t(&self, u: &Tensor) -> Result<Tensor> {
+        let n = u.size()[0];
+        let mut e = u.shallow_clone();
+        if self.antithetic_sampling {
+            let offset = Tensor::arange(n, (Kind::Float, u.device())) / n as f64;
+            e = (e / n as f64 + offset).remainder(1.0);
+        }
+        let t = e * (1.0 - self.sampling_eps) + self.sampling_eps;
+        if self.importance_sampling {
+            self.noise.importance_sampling_transformation(&t)
+        } else {
+            Ok(t)
+        }
+    }
+
+    /// `q_xt`: each position becomes the mask token where `u_mask < move_chance`.
+    pub fn q_xt(&self, x0: &Tensor, move_chance: &Tensor, u_mask: &Tensor) -> Tensor {
+        let moved = u_mask.lt_tensor(move_chance);
+        x0.masked_fill(&moved, self.mask_index)
+    }
+
+    /// The training / validation loss of `x0 [B, L]` under `attention_mask [B, L]` (float).
+    pub fn loss(
+        &self,
+        backbone: &dyn Backbone,
+        x0: &Tensor,
+        attention_mask: &Tensor,
+        draws: &Draws,
+        train: bool,
+    ) -> Result<LossParts> {
+        let mut t = self.sample_t(&draws.u_t)?;
+        if self.t_steps > 0 {
+            let tt = self.t_steps as f64;
+            // Truncation toward zero, then the step's right edge (reference: `(t*T).to(int)/T + 1/T`).
+            t = (&t * tt).to_kind(Kind::Int).to_kind(Kind::Float) / tt + 1.0 / tt;
+        }
+        let (sigma, dsigma, conditioning, move_chance) = if self.change_of_variables {
+            let dev = t.device();
+            let f_t = self
+                .noise
+                .sigma_max()
+                .to_device(dev)
+                .neg()
+                .exp()
+                .neg()
+                .log1p();
+            let f_0 = self
+                .noise
+                .sigma_min()
+                .to_device(dev)
+                .neg()
+                .exp()
+                .neg()
+                .log1p();
+            let mc = (&f_0 + &t * (&f_t - &f_0)).exp().unsqueeze(1);
+            (None, None, t.unsqueeze(1), mc)
+        } else {
+            let sigma = self.noise.total(&t);
+            let dsigma = self.noise.rate(&t);
+            let mc = sigma.unsqueeze(1).neg().exp().neg() + 1.0;
+            let cond = sigma.unsqueeze(1);
+            (Some(sigma), Some(dsigma), cond, mc)
+        };
+        let xt = self.q_xt(x0, &move_chance, &draws.u_mask);
+        let model_output = self.forward(backbone, &xt, &conditioning, train);
+        let masked = xt.eq(self.mask_index);
+
+        let loss_per_token = match self.parameterization {
+            Parameterization::Sedd => {
+                let (sigma, dsigma) = (sigma.as_ref().unwrap(), dsigma.as_ref().unwrap());
+                dsigma.unsqueeze(1)
+                    * self.score_entropy(&model_output, &sigma.unsqueeze(1), &xt, x0)
+            }
+            _ if self.t_steps > 0 => {
+                let diffusion_loss = self.d3pm_loss(&model_output, &masked, x0, &t);
+                match self.parameterization {
+                    Parameterization::D3pm => {
+                        diffusion_loss + self.reconstruction_loss(backbone, x0, train)
+                    }
+                    _ => diffusion_loss,
+                }
+            }
+            _ => {
+                let log_p = model_output
+                    .gather(2, &x0.unsqueeze(-1), false)
+                    .squeeze_dim(-1);
+                if self.change_of_variables || self.importance_sampling {
+                    let c = self
+                        .noise
+                        .sigma_min()
+                        .to_device(t.device())
+                        .neg()
+                        .exp()
+                        .neg()
+                        .log1p();
+                    log_p * c
+                } else {
+                    let (sigma, dsigma) = (sigma.as_ref().unwrap(), dsigma.as_ref().unwrap());
+                    -log_p * (dsigma / sigma.expm1()).unsqueeze(1)
+                }
+            }
+        };
+        let nlls = &loss_per_token * attention_mask;
+        let loss = nlls.sum(Kind::Float) / attention_mask.sum(Kind::Float);
+        Ok(LossParts {
+            loss,
+            nlls,
+            loss_per_token,
+            token_mask: attention_mask.shallow_clone(),
+            t,
+            sigma,
+            dsigma,
+            move_chance,
+            conditioning,
+            xt,
+            model_output,
+        })
+    }
+
+    /// Discrete-time (T > 0) diffusion loss (`_d3pm_loss`): uses `alpha_t = 1 - t` whatever the
+    /// schedule, with `t` clamped below 1 only here — as the reference does.
+    fn d3pm_loss(&self, model_output: &Tensor, masked: &Tensor, x0: &Tensor, t: &Tensor) -> Tensor {
+        let tt = self.t_steps as f64;
+        let dt = 1.0 / tt;
+        let t = t.unsqueeze(1).clamp(0.0, 1.0 - 1e-4); // [B, 1]
+        let alpha_t = t.neg() + 1.0;
+        let alpha_s = (&t - dt).neg() + 1.0;
+        let log_at_x0 = model_output
+            .gather(2, &x0.unsqueeze(-1), false)
+            .squeeze_dim(-1);
+        let p_m = model_output.select(2, self.mask_index).exp();
+        let coef1 = t.reciprocal() * dt; // dt / t
+        let log_nr = (&alpha_t * &p_m / &t + 1.0).log();
+        let log_dr2 = (&alpha_s * &p_m / (&t - dt) + 1.0).log();
+        let l = &coef1 * (&log_nr - log_at_x0) + (coef1.neg() + 1.0) * (&log_nr - log_dr2);
+        l * masked.to_kind(Kind::Float) * tt
+    }
+
+    /// `-log p(x0 | x0, sigma(0))` at every position (D3PM's reconstruction term).
+    fn reconstruction_loss(&self, backbone: &dyn Backbone, x0: &Tensor, train: bool) -> Tensor {
+        let t0 = Tensor::zeros([x0.size()[0]], (Kind::Float, x0.device()));
+        let sigma0 = self.noise.total(&t0);
+        let out = self.forward(backbone, x0, &sigma0, train);
+        -out.gather(2, &x0.unsqueeze(-1), false).squeeze_dim(-1)
+    }
+
+    /// SEDD's score entropy at masked positions, 0 elsewhere (`_score_entropy`).
+    fn score_entropy(
+        &self,
+        log_score: &Tensor,
+        sigma: &Tensor,
+        xt: &Tensor,
+        x0: &Tensor,
+    ) -> Tensor {
+        let masked = xt.eq(self.mask_index);
+        let q_ratio = sigma.expm1().reciprocal().expand_as(xt); // 1 / expm1(sigma), [B, L]
+        // Unmasked rows are dropped by the reference before exp(); zeroing them first keeps
+        // their (possibly infinite) scores out of the sum and out of the gradient.
+        let log_score = log_score.masked_fill(&masked.logical_not().unsqueeze(-1), 0.0);
+        let s = log_score.exp();
+        let m = self.mask_index;
+        let v = s.size()[2];
+        // Sum over every entry but the mask column.
+        let pos_term = s
+            .narrow(2, 0, m)
+            .sum_dim_intlist(&[-1i64][..], false, Kind::Float)
+            + s.narrow(2, m + 1, v - m - 1)
+                .sum_dim_intlist(&[-1i64][..], false, Kind::Float);
+        let neg_term = &q_ratio
+            * log_score
+                .gather(2, &x0.unsqueeze(-1), false)
+                .squeeze_dim(-1);
+        let cnst = &q_ratio * (q_ratio.log() - 1.0);
+        let entropy = pos_term - neg_term + cnst;
+        entropy.where_self(&masked, &entropy.zeros_like())
+    }
+}
+
+/// text8-crop sub-sampling (`_maybe_sub_sample`): a window of `length` tokens starting at `start`,
+/// whose first token is overwritten with BOS, as the reference does.
+pub fn crop(
+    x0: &Tensor,
+    attention_mask: &Tensor,
+    start: i64,
+    length: i64,
+    bos: i64,
+) -> (Tensor, Tensor) {
+    let x = x0.narrow(1, start, length).copy();
+    let _ = x.narrow(1, 0, 1).fill_(bos);
+    (x, attention_mask.narrow(1, start, length).copy())
+}
