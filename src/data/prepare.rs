@@ -5,7 +5,7 @@
 //! in file-name order. Document `i` belongs to the validation split when `i % 20 == 19`, else to
 //! train; a corpus of fewer than 20 documents gives its last document to validation. Whole
 //! documents are held out (rather than the tail of each) so no play is seen in both splits. For
-//! the 42 Shakespeare texts that holds out `loves_labours_lost` and `two_gentlemen_of_verona`.
+//! the 42 Shakespeare texts that holds out `macbeth` and `twelfth_night`.
 //!
 //! Outputs: `<cache_dir>/<name>/<tokenizer>-L<block_size>-<split>.bin` (`-nowrap-` before the
 //! split for the padded layout) and a `.json` sidecar recording what made it. A file whose
