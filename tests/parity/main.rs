@@ -3,6 +3,7 @@
 //! name, never passed.
 
 mod common;
+mod data_cases;
 
 use common::{Case, parity_dir};
 
@@ -10,6 +11,8 @@ type Runner = fn(&Case) -> anyhow::Result<()>;
 
 fn runner_for(kind: &str) -> Option<Runner> {
     match kind {
+        "tokenizer" => Some(data_cases::tokenizer),
+        "group_texts" => Some(data_cases::group_texts),
         _ => None,
     }
 }
