@@ -3,6 +3,7 @@
 //! name, never passed.
 
 mod common;
+mod train_cases;
 
 use common::{Case, parity_dir};
 
@@ -10,6 +11,8 @@ type Runner = fn(&Case) -> anyhow::Result<()>;
 
 fn runner_for(kind: &str) -> Option<Runner> {
     match kind {
+        "ema" => Some(train_cases::ema),
+        "lr_schedule" => Some(train_cases::lr_schedule),
         _ => None,
     }
 }
