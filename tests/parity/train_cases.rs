@@ -44,14 +44,14 @@ pub fn ema(case: &Case) -> Result<()> {
             case.check(&format!("update{k}.shadow.{i}"), s)?;
         }
     }
-    if let Ok(n) = case.i64("num_updates_after") {
-        if ema.num_updates() != n as u64 {
-            bail!(
-                "{}: num_updates {} after the run, expected {n}",
-                case.name,
-                ema.num_updates()
-            );
-        }
+    if let Ok(n) = case.i64("num_updates_after")
+        && ema.num_updates() != n as u64
+    {
+        bail!(
+            "{}: num_updates {} after the run, expected {n}",
+            case.name,
+            ema.num_updates()
+        );
     }
     Ok(())
 }
