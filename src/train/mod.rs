@@ -1,1 +1,5 @@
-//! (in progress)
+//! Training: the optimizer, the learning-rate schedule and the EMA of the weights.
+
+pub mod ema;
+pub mod lr;
+pub mod optim;

@@ -5,6 +5,7 @@
 mod common;
 mod model_cases;
 mod data_cases;
+mod train_cases;
 
 use common::{Case, parity_dir};
 
@@ -20,6 +21,8 @@ fn runner_for(kind: &str) -> Option<Runner> {
         "sampling_run" => Some(model_cases::sampling_run),
         "tokenizer" => Some(data_cases::tokenizer),
         "group_texts" => Some(data_cases::group_texts),
+        "ema" => Some(train_cases::ema),
+        "lr_schedule" => Some(train_cases::lr_schedule),
         _ => None,
     }
 }
