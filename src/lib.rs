@@ -4,11 +4,13 @@
 
 pub mod backbone;
 pub mod checkpoint;
+pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod data;
 pub mod device;
 pub mod diffusion;
 pub mod eval;
+pub mod model;
 pub mod sample;
 pub mod train;

@@ -1,3 +1,37 @@
-fn main() {
-    println!("cuda={}", tch::Cuda::is_available());
+//! `mdlm`: parse, set up logging, dispatch, and turn errors into one line and an exit code.
+
+use clap::Parser;
+use mdlm::cli::{Cli, Command};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MDLM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the cause chain joined by ": ".
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let cfg = cli.config()?;
+    if cli.cfg {
+        print!("{}", cfg.to_yaml());
+        return Ok(());
+    }
+    match cli.command {
+        Command::Train(_) => mdlm::cmd::train::run(cfg).map(|_| ()),
+        Command::PplEval(_) => mdlm::cmd::ppl_eval::run(cfg).map(|_| ()),
+        Command::SampleEval(_) => mdlm::cmd::sample_eval::run(cfg).map(|_| ()),
+    }
 }

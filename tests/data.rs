@@ -343,7 +343,7 @@ fn missing_data_fails_at_once_with_one_clear_line() {
         "{e}"
     );
 
-    let e = err_string(prepare(&spec(&empty.0, "bpe", 128)));
+    let e = err_string(prepare(&spec(&cache.0, "bpe", 128)));
     assert!(e.contains("'bpe'") && e.contains("char, text8"), "{e}");
 }
 

@@ -107,6 +107,9 @@ pub struct Prepared {
 /// Finds (or builds) both splits. Missing data fails before any work, with one line naming what
 /// is missing, where it was looked for, and what to run.
 pub fn prepare(spec: &DataSpec) -> Result<Prepared> {
+    // The data is the first thing a user lacks offline; say so before anything else.
+    let train_raw = raw_dir(&spec.cache_dir, &spec.name)?;
+    let valid_raw = raw_dir(&spec.cache_dir, &spec.valid_name)?;
     let tokenizer = tokenizer_by_name(&spec.tokenizer)?;
     let min_block = if spec.wrap { 3 } else { 1 };
     if spec.block_size < min_block {
@@ -120,8 +123,6 @@ pub fn prepare(spec: &DataSpec) -> Result<Prepared> {
             }
         );
     }
-    let train_raw = raw_dir(&spec.cache_dir, &spec.name)?;
-    let valid_raw = raw_dir(&spec.cache_dir, &spec.valid_name)?;
     let (train, train_meta) =
         prepare_split(spec, &spec.name, &train_raw, Split::Train, &*tokenizer)?;
     let (valid, valid_meta) = prepare_split(

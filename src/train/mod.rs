@@ -1,5 +1,6 @@
-//! Training: the optimizer, the learning-rate schedule and the EMA of the weights.
+//! Training: the loop, the optimizer, the learning-rate schedule and the EMA of the weights.
 
 pub mod ema;
 pub mod lr;
 pub mod optim;
+pub mod trainer;

@@ -3,8 +3,8 @@
 //! name, never passed.
 
 mod common;
-mod model_cases;
 mod data_cases;
+mod model_cases;
 mod train_cases;
 
 use common::{Case, parity_dir};

@@ -1,0 +1,70 @@
+//! Command line: a subcommand plus Hydra-style overrides (`group=option`, `a.b=value`,
+//! `+a.b=value`), resolved and validated once before any work.
+
+use crate::config::{self, Config};
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mdlm",
+    version,
+    about = "Masked Diffusion Language Models (MDLM) on libtorch"
+)]
+pub struct Cli {
+    /// Read the config tree from this directory instead of the one built into the binary.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Print the composed config and exit (Hydra's `--cfg job`).
+    #[arg(long, global = true)]
+    pub cfg: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a model (mode=train).
+    Train(Overrides),
+    /// Perplexity of a checkpoint on the validation split (mode=ppl_eval).
+    PplEval(Overrides),
+    /// Sample from a checkpoint (mode=sample_eval).
+    SampleEval(Overrides),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Overrides {
+    /// Overrides in Hydra syntax, e.g. `model=small data=openwebtext-split loader.batch_size=16`.
+    #[arg(value_name = "OVERRIDE", allow_hyphen_values = false)]
+    pub overrides: Vec<String>,
+}
+
+impl Cli {
+    pub fn mode(&self) -> &'static str {
+        match self.command {
+            Command::Train(_) => "train",
+            Command::PplEval(_) => "ppl_eval",
+            Command::SampleEval(_) => "sample_eval",
+        }
+    }
+
+    /// The subcommand selects `mode`; an explicit `mode=` that disagrees is an error.
+    pub fn config(&self) -> Result<Config> {
+        let user = match &self.command {
+            Command::Train(o) | Command::PplEval(o) | Command::SampleEval(o) => &o.overrides,
+        };
+        let mode = self.mode();
+        if let Some(m) = user.iter().find_map(|o| o.strip_prefix("mode=")) {
+            if m != mode {
+                anyhow::bail!("mode={m} conflicts with the subcommand, which sets mode={mode}");
+            }
+        }
+        let mut all = vec![format!("mode={mode}")];
+        all.extend(user.iter().cloned());
+        match &self.config_dir {
+            Some(dir) => config::compose_from_dir(dir, &all),
+            None => config::compose(&all),
+        }
+    }
+}

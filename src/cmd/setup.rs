@@ -1,0 +1,193 @@
+//! What every subcommand does first: resolve the device and the device-derived config values,
+//! create the run directory, and map config sections onto the library's plain types.
+
+use crate::backbone::{DitConfig, Precision};
+use crate::config::{self, Config};
+use crate::data::{self, DataSpec, Prepared};
+use crate::diffusion::{Diffusion, Noise, Parameterization};
+use crate::model::Model;
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+use tch::Device;
+
+pub struct Run {
+    pub cfg: Config,
+    pub device: Device,
+    pub run_dir: PathBuf,
+}
+
+/// Resolves the device and batch arithmetic, checks that this build supports the requested
+/// model, and writes the resolved config into a fresh run directory.
+pub fn start(mut cfg: Config) -> Result<Run> {
+    check_supported(&cfg)?;
+    let device = crate::device::resolve(cfg.trainer.accelerator)?;
+    // One process drives one device; the reference's resolvers divide by the device count.
+    cfg.resolve_devices(1);
+    cfg.validate()?;
+    let run_dir = cfg.run_dir();
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("creating run directory {}", run_dir.display()))?;
+    let cfg_path = run_dir.join("config.yaml");
+    std::fs::write(&cfg_path, cfg.to_yaml())
+        .with_context(|| format!("writing {}", cfg_path.display()))?;
+    tch::manual_seed(cfg.seed as i64);
+    Ok(Run {
+        cfg,
+        device,
+        run_dir,
+    })
+}
+
+/// Settings this build does not implement yet fail here, before any work, naming the key.
+fn check_supported(cfg: &Config) -> Result<()> {
+    if cfg.backbone != config::Backbone::Dit {
+        bail!(
+            "backbone={} is not implemented yet in this build (available: dit)",
+            cfg.backbone
+        );
+    }
+    if cfg.parameterization == config::Parameterization::Ar {
+        bail!(
+            "parameterization=ar (the autoregressive baseline) is not implemented yet in this build (available: subs, d3pm, sedd)"
+        );
+    }
+    Ok(())
+}
+
+pub fn data_spec(cfg: &Config) -> DataSpec {
+    DataSpec {
+        name: cfg.data.train.clone(),
+        valid_name: cfg.data.valid.clone(),
+        tokenizer: cfg.data.tokenizer_name_or_path.clone(),
+        cache_dir: cfg.data.resolved_cache_dir(),
+        wrap: cfg.data.wrap,
+        block_size: cfg.model.length,
+    }
+}
+
+pub fn prepare_data(cfg: &Config) -> Result<Prepared> {
+    data::prepare(&data_spec(cfg))
+}
+
+/// (vocab_size incl. mask, mask_index): the mask token is appended when the tokenizer has none,
+/// as the reference does.
+pub fn vocab(tokenizer: &dyn data::Tokenizer) -> (i64, i64) {
+    match tokenizer.mask_id() {
+        Some(m) => (tokenizer.vocab_size() as i64, m as i64),
+        None => (
+            tokenizer.vocab_size() as i64 + 1,
+            tokenizer.vocab_size() as i64,
+        ),
+    }
+}
+
+pub fn dit_config(cfg: &Config, vocab_size: i64) -> DitConfig {
+    DitConfig {
+        vocab_size,
+        hidden_size: cfg.model.hidden_size as i64,
+        cond_dim: cfg.model.cond_dim as i64,
+        n_blocks: cfg.model.n_blocks as i64,
+        n_heads: cfg.model.n_heads as i64,
+        dropout: cfg.model.dropout,
+        mlp_ratio: 4,
+        frequency_embedding_size: 256,
+        rotary_base: 10_000.0,
+    }
+}
+
+/// bf16 autocast only exists on CUDA in the reference; on CPU it computes in float32, and so do we.
+pub fn precision(cfg: &Config, device: Device) -> Result<Precision> {
+    use config::Precision as P;
+    Ok(match (cfg.trainer.precision, device.is_cuda()) {
+        (P::Bf16Mixed | P::Bf16True, true) => Precision::Bf16,
+        (P::Bf16Mixed | P::Bf16True | P::Fp32, _) => Precision::F32,
+        (other, _) => bail!(
+            "trainer.precision={} is not supported (use bf16 or 32)",
+            other.as_str()
+        ),
+    })
+}
+
+pub fn noise(cfg: &Config) -> Result<Noise> {
+    use config::NoiseType as N;
+    let n = &cfg.noise;
+    let need = |v: Option<f64>, k: &str| {
+        v.with_context(|| format!("noise.{k} is required for noise.type={:?}", n.kind))
+    };
+    Ok(match n.kind {
+        // The reference's LogLinearNoise() ignores the YAML's sigma_min/sigma_max.
+        N::Loglinear => Noise::LogLinear { eps: 1e-3 },
+        N::Geometric => Noise::Geometric {
+            sigma_min: need(n.sigma_min, "sigma_min")?,
+            sigma_max: need(n.sigma_max, "sigma_max")?,
+        },
+        N::Cosine => Noise::Cosine {
+            eps: n.eps.unwrap_or(1e-3),
+        },
+        N::Cosinesqr => Noise::CosineSqr {
+            eps: n.eps.unwrap_or(1e-3),
+        },
+        N::Linear => Noise::Linear {
+            sigma_min: need(n.sigma_min, "sigma_min")?,
+            sigma_max: need(n.sigma_max, "sigma_max")?,
+        },
+        other => bail!(
+            "noise.type={other:?} has no implementation in the reference either (available: loglinear, geometric, cosine, cosinesqr, linear)"
+        ),
+    })
+}
+
+pub fn diffusion(cfg: &Config, vocab_size: i64, mask_index: i64) -> Result<Diffusion> {
+    let parameterization = match cfg.parameterization {
+        config::Parameterization::Subs => Parameterization::Subs,
+        config::Parameterization::D3pm => Parameterization::D3pm,
+        config::Parameterization::Sedd => Parameterization::Sedd,
+        config::Parameterization::Ar => bail!("parameterization=ar is not implemented yet"),
+    };
+    Ok(Diffusion {
+        parameterization,
+        noise: noise(cfg)?,
+        mask_index,
+        vocab_size,
+        time_conditioning: cfg.time_conditioning,
+        t_steps: cfg.t as i64,
+        subs_masking: cfg.subs_masking,
+        sampling_eps: cfg.training.sampling_eps,
+        antithetic_sampling: cfg.training.antithetic_sampling,
+        importance_sampling: cfg.training.importance_sampling,
+        change_of_variables: cfg.training.change_of_variables,
+    })
+}
+
+pub fn build_model(cfg: &Config, vocab_size: i64, device: Device) -> Result<Model> {
+    Ok(Model::new(
+        &dit_config(cfg, vocab_size),
+        precision(cfg, device)?,
+        device,
+    ))
+}
+
+/// Loads `eval.checkpoint_path` into `model`: the EMA weights unless `eval.disable_ema`, as the
+/// reference evaluates and samples.
+pub fn load_eval_weights(cfg: &Config, model: &Model) -> Result<PathBuf> {
+    if cfg.eval.checkpoint_path.is_empty() {
+        bail!(
+            "eval.checkpoint_path is empty; pass eval.checkpoint_path=<run>/checkpoints/last.safetensors"
+        );
+    }
+    let path = PathBuf::from(&cfg.eval.checkpoint_path);
+    let ckpt = crate::checkpoint::load(&path)?;
+    let prefix = if cfg.eval.disable_ema { "" } else { "ema." };
+    let params = model.params();
+    crate::checkpoint::load_into(&params, prefix, &ckpt).with_context(|| {
+        let trained = config::Config::from_yaml(&ckpt.config_yaml)
+            .map(|c| format!("model={} (hidden_size {}, n_blocks {}, length {}) on data={}", c.model.name, c.model.hidden_size, c.model.n_blocks, c.model.length, c.data.train))
+            .unwrap_or_else(|_| "an unknown config".into());
+        format!(
+            "checkpoint {} does not fit model={} with this tokenizer; it was trained with {trained}",
+            path.display(),
+            cfg.model.name
+        )
+    })?;
+    Ok(path)
+}

@@ -1,0 +1,156 @@
+//! `mdlm train`: prepare data, build the model, run the loop, report.
+
+use super::setup::{self, Run};
+use crate::config::{Config, CountOrFraction, LrSchedulerKind};
+use crate::data::Loader;
+use crate::train::lr::{CosineDecayWarmup, LrSchedule};
+use crate::train::optim::AdamWConfig;
+use crate::train::trainer::{self, TrainOutcome, TrainPlan};
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+
+pub fn run(cfg: Config) -> Result<TrainOutcome> {
+    let Run {
+        cfg,
+        device,
+        run_dir,
+    } = setup::start(cfg)?;
+    eprintln!("{}", cfg.tree());
+    let data = setup::prepare_data(&cfg)?;
+    let (vocab_size, mask_index) = setup::vocab(data.tokenizer.as_ref());
+    let diffusion = setup::diffusion(&cfg, vocab_size, mask_index)?;
+    let model = setup::build_model(&cfg, vocab_size, device)?;
+    let ema_model = setup::build_model(&cfg, vocab_size, device)?;
+    let batch = cfg
+        .loader
+        .batch_size
+        .context("loader.batch_size unresolved")?;
+    let eval_batch = cfg
+        .loader
+        .eval_batch_size
+        .context("loader.eval_batch_size unresolved")?;
+    let mut train_loader = Loader::train(data.train.clone(), batch, cfg.seed)?.with_device(device);
+    let mut valid_loader = Loader::eval(data.valid.clone(), eval_batch)?.with_device(device);
+    let plan = plan(
+        &cfg,
+        &run_dir,
+        train_loader.num_batches() as u64,
+        valid_loader.num_batches() as u64,
+    )?;
+    eprintln!(
+        "run dir {} | device {device:?} | {} parameters | vocab {vocab_size} (mask {mask_index}) | {} train / {} valid blocks of {} | batch {batch} x accumulate {}",
+        run_dir.display(),
+        model.num_params(),
+        data.train.len(),
+        data.valid.len(),
+        cfg.model.length,
+        plan.accumulate
+    );
+    if let Some(p) = &plan.resume_from {
+        eprintln!("resuming from {}", p.display());
+    }
+    let out = trainer::train(
+        &plan,
+        &model,
+        &ema_model,
+        &diffusion,
+        &mut train_loader,
+        &mut valid_loader,
+        None,
+    )?;
+    eprintln!(
+        "trained {} steps, {:.0} tokens/s, last loss {:.4}",
+        out.steps, out.tokens_per_s, out.last_loss
+    );
+    if let Some(m) = &out.last_val {
+        println!(
+            "val nll {:.4} | val bpd {:.4} | val ppl {:.3}",
+            m.nll(),
+            m.bpd(),
+            m.ppl()
+        );
+    }
+    if let Some(p) = &out.last_checkpoint {
+        println!("checkpoint {}", p.display());
+    }
+    Ok(out)
+}
+
+/// Maps the config's training knobs onto the loop's plain plan (exposed for tests).
+pub fn plan(
+    cfg: &Config,
+    run_dir: &std::path::Path,
+    train_batches: u64,
+    valid_batches: u64,
+) -> Result<TrainPlan> {
+    let schedule = match cfg.lr_scheduler.target {
+        LrSchedulerKind::ConstantWarmup => LrSchedule::ConstantWarmup {
+            base_lr: cfg.optim.lr,
+            num_warmup_steps: cfg.lr_scheduler.num_warmup_steps.unwrap_or(0),
+        },
+        LrSchedulerKind::CosineDecayWarmup => {
+            let l = &cfg.lr_scheduler;
+            LrSchedule::CosineDecayWarmup(CosineDecayWarmup::new(
+                cfg.optim.lr,
+                l.t_initial.context("lr_scheduler.t_initial unresolved")? as f64,
+                l.lr_min.unwrap_or(0.0),
+                l.warmup_t.context("lr_scheduler.warmup_t unresolved")? as f64,
+                l.warmup_lr_init.unwrap_or(0.0),
+                l.warmup_prefix.unwrap_or(true),
+            ))
+        }
+    };
+    let val_every_batches = match cfg.trainer.val_check_interval {
+        CountOrFraction::Count(n) => n,
+        CountOrFraction::Fraction(f) => ((train_batches as f64) * f).floor().max(1.0) as u64,
+    };
+    let save_dir = PathBuf::from(
+        cfg.checkpointing
+            .save_dir
+            .clone()
+            .unwrap_or_else(|| run_dir.display().to_string()),
+    );
+    let resume_from = match (
+        &cfg.checkpointing.resume_ckpt_path,
+        cfg.checkpointing.resume_from_ckpt,
+    ) {
+        (Some(p), true) if std::path::Path::new(p).exists() => Some(PathBuf::from(p)),
+        _ => None,
+    };
+    if cfg.trainer.max_steps == 0 {
+        bail!("trainer.max_steps=0: nothing to train");
+    }
+    Ok(TrainPlan {
+        max_steps: cfg.trainer.max_steps,
+        accumulate: cfg
+            .trainer
+            .accumulate_grad_batches
+            .context("trainer.accumulate_grad_batches unresolved")?
+            .max(1),
+        grad_clip: cfg.trainer.gradient_clip_val.filter(|v| *v > 0.0),
+        schedule,
+        adamw: AdamWConfig {
+            lr: cfg.optim.lr,
+            beta1: cfg.optim.beta1,
+            beta2: cfg.optim.beta2,
+            eps: cfg.optim.eps,
+            weight_decay: cfg.optim.weight_decay,
+        },
+        ema_decay: cfg.training.ema,
+        seed: cfg.seed,
+        val_every_batches,
+        val_batches: cfg.trainer.limit_val_batches.of(valid_batches) as usize,
+        log_every: cfg.trainer.log_every_n_steps,
+        ckpt_every: cfg
+            .callbacks
+            .checkpoint_every_n_steps
+            .as_ref()
+            .map_or(0, |c| c.every_n_train_steps),
+        ckpt_dir: save_dir.join("checkpoints"),
+        keep_best: cfg.callbacks.checkpoint_monitor.is_some(),
+        resume_from,
+        metrics_path: run_dir.join("metrics.jsonl"),
+        config_yaml: cfg.to_yaml(),
+        progress: true,
+    })
+}

@@ -1,0 +1,121 @@
+//! Each kind of bad input named in the brief ends in one `error:` line that names the cause, a
+//! non-zero exit, and leaves existing checkpoints untouched.
+
+mod support;
+
+use support::*;
+
+#[test]
+fn unknown_config_key_names_it_and_suggests() {
+    let tmp = TempDir::new("badkey");
+    let out = mdlm(tmp.path(), &args(&["train", "loader.batchsize=16"], vec![]));
+    let line = error_line(&out);
+    assert!(
+        line.contains("loader.batchsize") && line.contains("loader.batch_size"),
+        "{line}"
+    );
+    let out = mdlm(tmp.path(), &args(&["train", "model=smal"], vec![]));
+    let line = error_line(&out);
+    assert!(line.contains("smal") && line.contains("small"), "{line}");
+}
+
+#[test]
+fn default_data_is_missing_offline_and_points_at_the_preset() {
+    let tmp = TempDir::new("nodata");
+    let out = mdlm(
+        tmp.path(),
+        &args(
+            &[
+                "train",
+                &format!("hydra.run.dir={}", tmp.path().join("r").display()),
+            ],
+            vec![],
+        ),
+    );
+    let line = error_line(&out);
+    assert!(
+        line.contains("openwebtext") && line.contains("experiment=shakespeare"),
+        "{line}"
+    );
+}
+
+#[test]
+fn missing_checkpoint_file_is_named() {
+    let tmp = TempDir::new("nofile");
+    shakespeare_cache(tmp.path());
+    let mut a = args(&["sample-eval"], tiny_overrides(&tmp.path().join("r")));
+    a.push("eval.checkpoint_path=/nonexistent/last.safetensors".into());
+    let line = error_line(&mdlm(tmp.path(), &a));
+    assert!(line.contains("/nonexistent/last.safetensors"), "{line}");
+}
+
+#[test]
+fn cuda_requested_but_absent() {
+    if tch::Cuda::is_available() {
+        return; // Only meaningful where there is no GPU.
+    }
+    let tmp = TempDir::new("cuda");
+    shakespeare_cache(tmp.path());
+    let mut a = args(&["train"], tiny_overrides(&tmp.path().join("r")));
+    a.push("trainer.accelerator=cuda".into());
+    let line = error_line(&mdlm(tmp.path(), &a));
+    assert!(
+        line.contains("trainer.accelerator=cuda") && line.contains("CUDA"),
+        "{line}"
+    );
+}
+
+#[test]
+fn wrong_checkpoint_nan_loss_and_checkpoints_stay_intact() {
+    let tmp = TempDir::new("wrong");
+    shakespeare_cache(tmp.path());
+    let run = tmp.path().join("run");
+    let mut a = args(&["train"], tiny_overrides(&run));
+    a.extend([
+        "trainer.max_steps=2".to_string(),
+        "trainer.val_check_interval=100".to_string(),
+    ]);
+    assert!(mdlm(tmp.path(), &a).status.success());
+    let ckpt = run.join("checkpoints/last.safetensors");
+    let before = std::fs::read(&ckpt).unwrap();
+
+    // A checkpoint of another shape: the error names the checkpoint and the mismatch.
+    let mut e = args(&["ppl-eval"], tiny_overrides(&tmp.path().join("e")));
+    e.extend([
+        format!("eval.checkpoint_path={}", ckpt.display()),
+        "model.hidden_size=64".into(),
+    ]);
+    let line = error_line(&mdlm(tmp.path(), &e));
+    assert!(
+        line.contains("does not fit") && line.contains("shape"),
+        "{line}"
+    );
+
+    // A file that is not a checkpoint.
+    let junk = tmp.path().join("junk.safetensors");
+    std::fs::write(&junk, b"not a checkpoint at all").unwrap();
+    let mut j = args(&["ppl-eval"], tiny_overrides(&tmp.path().join("j")));
+    j.push(format!("eval.checkpoint_path={}", junk.display()));
+    let line = error_line(&mdlm(tmp.path(), &j));
+    assert!(line.contains("junk.safetensors"), "{line}");
+
+    // Resuming with an absurd learning rate diverges: the run stops on the NaN/inf loss and the
+    // checkpoint it resumed from is byte-identical afterwards.
+    let mut n = args(&["train"], tiny_overrides(&run));
+    n.extend([
+        "trainer.max_steps=50".to_string(),
+        "optim.lr=1e30".to_string(),
+        "lr_scheduler.num_warmup_steps=0".into(),
+        "trainer.gradient_clip_val=null".into(),
+    ]);
+    let line = error_line(&mdlm(tmp.path(), &n));
+    assert!(
+        line.contains("training loss is") && line.contains("intact"),
+        "{line}"
+    );
+    assert_eq!(
+        std::fs::read(&ckpt).unwrap(),
+        before,
+        "the last checkpoint changed"
+    );
+}
