@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Short CUDA check with a prebuilt release binary (see scripts/gpu-pack.sh): bf16 training of the
+# preset and of a `small`-shaped model, sampling with ddpm and ddpm_cache, and the benches. Prints
+# the device, tokens/s and peak GPU memory. Uses the libtorch of python3's torch when there is one.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BIN="${MDLM_BIN:-.gpu/mdlm}"
+BENCH="${MDLM_BENCH_BIN:-.gpu/dit-bench}"
+OUTDIR="${OUT:-/tmp}/gpu-check"
+mkdir -p "$OUTDIR"
+export MDLM_CACHE="${MDLM_CACHE:-$PWD/.gpu/cache}"
+if lib="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null)"; then
+  export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  python3 -c 'import torch; print("python torch", torch.__version__, "| cuda", torch.cuda.is_available())'
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+
+peak_file="$OUTDIR/peak_mib"
+echo 0 > "$peak_file"
+( peak=0; while sleep 0.2; do
+    m="$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1)"
+    [ -n "$m" ] && [ "$m" -gt "$peak" ] && peak="$m" && echo "$peak" > "$peak_file"
+  done ) &
+sampler=$!
+trap 'kill $sampler 2>/dev/null' EXIT
+peak() { echo "peak GPU memory so far: $(cat "$peak_file") MiB (nvidia-smi, whole device)"; }
+
+set -x
+"$BIN" train experiment=shakespeare trainer.accelerator=cuda trainer.precision=bf16 \
+  trainer.max_steps=400 trainer.val_check_interval=200 callbacks.checkpoint_every_n_steps.every_n_train_steps=200 \
+  optim.lr=1e-3 hydra.run.dir="$OUTDIR/preset" 2>&1 | grep -v '^[│├└]' | tail -6
+{ set +x; } 2>/dev/null; peak; set -x
+for pred in ddpm ddpm_cache; do
+  "$BIN" sample-eval experiment=shakespeare trainer.accelerator=cuda sampling.predictor=$pred sampling.steps=1000 \
+    loader.eval_global_batch_size=16 eval.checkpoint_path="$OUTDIR/preset/checkpoints/last.safetensors" \
+    hydra.run.dir="$OUTDIR/sample-$pred" 2>&1 | tail -1
+done
+"$BIN" sample-eval experiment=shakespeare trainer.accelerator=cuda loader.eval_global_batch_size=2 \
+  eval.checkpoint_path="$OUTDIR/preset/checkpoints/last.safetensors" hydra.run.dir="$OUTDIR/sample-show" 2>&1 | tail -6
+# The reference's `small` DiT (768 hidden, 12 blocks) on 1024-character blocks, bf16.
+"$BIN" train experiment=shakespeare model=small model.length=1024 trainer.accelerator=cuda trainer.precision=bf16 \
+  loader.global_batch_size=32 trainer.max_steps=60 trainer.val_check_interval=60 trainer.limit_val_batches=4 \
+  callbacks.checkpoint_every_n_steps.every_n_train_steps=1000 hydra.run.dir="$OUTDIR/small" 2>&1 | grep -v '^[│├└]' | tail -4
+{ set +x; } 2>/dev/null; peak
+[ -x "$BENCH" ] && MDLM_BENCH_DEVICE=cuda "$BENCH"
+peak
