@@ -145,7 +145,7 @@ fn default_matches_the_reference() {
     assert_eq!(c.checkpointing.save_dir.as_deref(), Some(run.as_str()));
     assert_eq!(
         c.checkpointing.resume_ckpt_path,
-        Some(format!("{run}/checkpoints/last.ckpt"))
+        Some(format!("{run}/checkpoints/last.safetensors"))
     );
     assert_eq!(every.dirpath, format!("{run}/checkpoints"));
     c.validate().unwrap();
@@ -279,16 +279,17 @@ fn experiment_preset() {
         assert_eq!((c.model.n_blocks, c.model.n_heads), (4, 4));
         assert_eq!(c.loader.global_batch_size, 32);
         assert_eq!(c.loader.eval_global_batch_size, 32);
-        assert_eq!(c.trainer.max_steps, 600);
-        assert_eq!(c.trainer.val_check_interval, CountOrFraction::Count(200));
+        assert_eq!(c.trainer.max_steps, 1500);
+        assert_eq!(c.trainer.val_check_interval, CountOrFraction::Count(500));
         assert_eq!(c.trainer.limit_val_batches, CountOrFraction::Count(20));
         assert_eq!(c.trainer.accelerator, Accelerator::Auto);
         assert_eq!(c.lr_scheduler.num_warmup_steps, Some(50));
         assert_eq!(c.sampling.num_sample_batches, 1);
         let every = c.callbacks.checkpoint_every_n_steps.as_ref().unwrap();
-        assert_eq!(every.every_n_train_steps, 200);
+        assert_eq!(every.every_n_train_steps, 500);
+        assert_eq!(c.optim.lr, 1e-3);
         // Untouched keys keep the primary config's values.
-        assert_eq!(c.optim.lr, 3e-4);
+        assert_eq!(c.optim.beta2, 0.999);
         assert!(c.hydra.run.dir.starts_with("./outputs/shakespeare/"));
     }
     // The command line wins over the experiment, for groups and keys alike.
@@ -519,7 +520,7 @@ fn interpolation_resolves_after_overrides() {
     let c = compose(&["checkpointing.save_dir=/tmp/ck"]);
     assert_eq!(
         c.checkpointing.resume_ckpt_path.as_deref(),
-        Some("/tmp/ck/checkpoints/last.ckpt")
+        Some("/tmp/ck/checkpoints/last.safetensors")
     );
     let dirpath = &c.callbacks.checkpoint_monitor.as_ref().unwrap().dirpath;
     assert_eq!(dirpath, "/tmp/ck/checkpoints");
