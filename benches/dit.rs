@@ -23,6 +23,20 @@ struct Shape {
     batch: i64,
 }
 
+fn dit_config(s: &Shape, dropout: f64) -> DitConfig {
+    DitConfig {
+        vocab_size: s.vocab,
+        hidden_size: s.hidden,
+        cond_dim: s.cond,
+        n_blocks: s.blocks,
+        n_heads: s.heads,
+        dropout,
+        mlp_ratio: 4,
+        frequency_embedding_size: 256,
+        rotary_base: 10000.0,
+    }
+}
+
 fn diffusion(vocab: i64) -> Diffusion {
     Diffusion {
         parameterization: Parameterization::Subs,
@@ -101,17 +115,7 @@ fn main() {
     for s in &shapes {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(device);
-        let cfg = DitConfig {
-            vocab_size: s.vocab,
-            hidden_size: s.hidden,
-            cond_dim: s.cond,
-            n_blocks: s.blocks,
-            n_heads: s.heads,
-            dropout: 0.1,
-            mlp_ratio: 4,
-            frequency_embedding_size: 256,
-            rotary_base: 10000.0,
-        };
+        let cfg = dit_config(s, 0.1);
         let dit = Dit::new(vs.root() / "backbone", &cfg, precision);
         let diff = diffusion(s.vocab);
         let x0 = Tensor::randint(s.vocab - 1, [s.batch, s.len], (Kind::Int64, device));
@@ -150,17 +154,7 @@ fn main() {
     // cache skips their forward passes.
     let s = &shapes[0];
     let vs = nn::VarStore::new(device);
-    let cfg = DitConfig {
-        vocab_size: s.vocab,
-        hidden_size: s.hidden,
-        cond_dim: s.cond,
-        n_blocks: s.blocks,
-        n_heads: s.heads,
-        dropout: 0.0,
-        mlp_ratio: 4,
-        frequency_embedding_size: 256,
-        rotary_base: 10000.0,
-    };
+    let cfg = dit_config(s, 0.0);
     let dit = Dit::new(vs.root() / "backbone", &cfg, precision);
     let diff = diffusion(s.vocab);
     let steps = if quick { 32 } else { 1000 };

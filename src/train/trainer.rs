@@ -218,10 +218,12 @@ pub fn train(
                     &params,
                     &opt,
                     &ema,
-                    step,
-                    batches,
-                    best,
-                    train_loader.state(),
+                    &Snapshot {
+                        step,
+                        batches,
+                        best,
+                        loader: train_loader.state(),
+                    },
                 )?;
             }
             last_val = Some(m);
@@ -237,10 +239,12 @@ pub fn train(
                     &params,
                     &opt,
                     &ema,
-                    step,
-                    batches,
-                    best,
-                    train_loader.state(),
+                    &Snapshot {
+                        step,
+                        batches,
+                        best,
+                        loader: train_loader.state(),
+                    },
                 )?;
             }
             let path = plan.ckpt_dir.join("last.safetensors");
@@ -250,10 +254,12 @@ pub fn train(
                 &params,
                 &opt,
                 &ema,
-                step,
-                batches,
-                best,
-                train_loader.state(),
+                &Snapshot {
+                    step,
+                    batches,
+                    best,
+                    loader: train_loader.state(),
+                },
             )?;
             last_checkpoint = Some(path);
         }
@@ -303,18 +309,28 @@ pub fn validate(
     Ok(meter)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The loop's counters at a checkpoint: with the tensors, all a resume needs.
+struct Snapshot {
+    step: u64,
+    batches: u64,
+    best: Option<f64>,
+    loader: LoaderState,
+}
+
 fn save(
     plan: &TrainPlan,
     path: &Path,
     params: &[(String, tch::Tensor)],
     opt: &AdamW,
     ema: &Ema,
-    step: u64,
-    batches: u64,
-    best: Option<f64>,
-    loader: LoaderState,
+    snap: &Snapshot,
 ) -> Result<()> {
+    let Snapshot {
+        step,
+        batches,
+        best,
+        ref loader,
+    } = *snap;
     let mut tensors: Vec<(String, tch::Tensor)> = params
         .iter()
         .map(|(n, t)| (n.clone(), t.detach()))
