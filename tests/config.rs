@@ -558,3 +558,63 @@ fn validation_messages_name_key_and_fix() {
         Accelerator::Cpu
     );
 }
+
+/// The reference's `_validate_configuration` rules, each rejected before anything runs with a
+/// message naming the keys involved; the legal neighbour of each composes.
+#[test]
+fn reference_configuration_rules_each_name_their_keys() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["parameterization=d3pm"],
+            &["parameterization=d3pm", "T=0"],
+        ),
+        (
+            &[
+                "parameterization=sedd",
+                "time_conditioning=true",
+                "training.importance_sampling=true",
+            ],
+            &["parameterization=sedd", "training.importance_sampling"],
+        ),
+        (
+            &[
+                "parameterization=sedd",
+                "time_conditioning=true",
+                "training.change_of_variables=true",
+            ],
+            &["parameterization=sedd", "training.change_of_variables"],
+        ),
+        (
+            &["parameterization=sedd", "time_conditioning=true", "T=1000"],
+            &["T=1000", "sedd"],
+        ),
+        (
+            &["subs_masking=true"],
+            &["subs_masking=true", "parameterization=d3pm"],
+        ),
+        (
+            &[
+                "training.change_of_variables=true",
+                "training.importance_sampling=true",
+            ],
+            &[
+                "training.change_of_variables",
+                "training.importance_sampling",
+            ],
+        ),
+        (
+            &["parameterization=sedd"],
+            &["parameterization=sedd", "time_conditioning=true"],
+        ),
+    ];
+    for (overrides, words) in cases {
+        let e = compose_err(overrides);
+        for w in *words {
+            assert!(e.contains(w), "{overrides:?}: error does not name {w}: {e}");
+        }
+    }
+    compose(&["parameterization=d3pm", "T=1000", "subs_masking=true"]);
+    compose(&["parameterization=subs", "T=1000"]);
+    compose(&["training.change_of_variables=true"]);
+    compose(&["training.importance_sampling=true"]);
+}
