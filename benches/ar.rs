@@ -66,7 +66,6 @@ fn main() {
         length,
         bos: 50256,
         mask_index: cfg.vocab_size - 1,
-        vocab_size: cfg.vocab_size,
     };
     let noise = ReplayGumbel::upfront(batch, length, cfg.vocab_size, Kind::Double, device);
 

@@ -84,7 +84,6 @@ pub struct ArSampleSpec {
     pub length: i64,
     pub bos: i64,
     pub mask_index: i64,
-    pub vocab_size: i64,
 }
 
 pub struct ArSampleOut {
@@ -128,7 +127,7 @@ fn choose(
     gumbel: &mut dyn GumbelNoise,
 ) -> (Tensor, Tensor) {
     let lp = log_probs(last_logits, spec.mask_index); // [B, V] float32
-    let g = gumbel.step(i, spec.batch, spec.vocab_size, x.device());
+    let g = gumbel.step(i, spec.batch, lp.size()[1], x.device());
     // In the noise's precision: float64 noise gives a float64 comparison.
     let next = (lp.to_kind(g.kind()) + g).argmax(-1, true); // [B, 1]
     x.narrow(1, i + 1, 1).copy_(&next);
@@ -155,7 +154,7 @@ pub fn sample_ar_recompute(
         }
         ArSampleOut {
             tokens: x,
-            next_logprobs: keep_logprobs.then(|| Tensor::stack(&kept, 1)),
+            next_logprobs: (keep_logprobs && !kept.is_empty()).then(|| Tensor::stack(&kept, 1)),
             forward_calls: (spec.length - 1) as usize,
         }
     })
@@ -184,7 +183,7 @@ pub fn sample_ar_cached(
         }
         ArSampleOut {
             tokens: x,
-            next_logprobs: keep_logprobs.then(|| Tensor::stack(&kept, 1)),
+            next_logprobs: (keep_logprobs && !kept.is_empty()).then(|| Tensor::stack(&kept, 1)),
             forward_calls: (spec.length - 1) as usize,
         }
     })

@@ -16,7 +16,6 @@ struct Model {
     vs: nn::VarStore,
     ar: Ar,
     mask_index: i64,
-    vocab_size: i64,
 }
 
 /// Every size and id from the case's `config` (as `model_cases::model_of` does for the DiT).
@@ -34,9 +33,8 @@ fn model_of(case: &Case) -> Result<Model> {
         m[k].as_i64()
             .ok_or_else(|| anyhow!("config.model.{k} missing"))
     };
-    let vocab_size = case.i64("config.vocab_size")?;
     let cfg = ArConfig {
-        vocab_size,
+        vocab_size: case.i64("config.vocab_size")?,
         hidden_size: i("hidden_size")?,
         n_blocks: i("n_blocks")?,
         n_heads: i("n_heads")?,
@@ -62,7 +60,6 @@ fn model_of(case: &Case) -> Result<Model> {
         vs,
         ar,
         mask_index: case.i64("config.mask_index")?,
-        vocab_size,
     })
 }
 
@@ -165,7 +162,6 @@ pub fn sample_ar(case: &Case) -> Result<()> {
         length: case.i64("config.model.length")?,
         bos: case.i64("bos_token_id")?,
         mask_index: m.mask_index,
-        vocab_size: m.vocab_size,
     };
     let calls = case.i64("n_model_forward_calls")? as usize;
     for sampler in [ArSampler::Recompute, ArSampler::Cached] {
