@@ -1,9 +1,11 @@
 //! Denoising networks: token ids (+ a noise level) → raw logits. Knows nothing of diffusion.
 
+pub mod ar;
 pub mod dit;
 pub mod layers;
 pub mod load;
 
+pub use ar::{Ar, ArCache, ArConfig};
 pub use dit::{Dit, DitConfig};
 
 use tch::{Kind, Tensor};

@@ -1,6 +1,7 @@
 //! Absorbing-state ("masked") discrete diffusion: the forward process, the parameterizations and
 //! the NELBO. Takes tensors and a backbone, never loaders.
 
+pub mod ar;
 pub mod loss;
 pub mod noise;
 pub mod subs;

@@ -1,6 +1,7 @@
 //! Samplers of the reverse process. They see the model only through [`Denoiser`], so they can be
 //! tested against an oracle and against replayed reference draws.
 
+pub mod ar;
 pub mod categorical;
 pub mod ddpm;
 pub mod ddpm_cache;

@@ -2,6 +2,7 @@
 //! is dispatched on its `kind`; kinds this port does not implement yet are reported as skipped by
 //! name, never passed.
 
+mod ar_cases;
 mod common;
 mod data_cases;
 mod model_cases;
@@ -23,6 +24,8 @@ fn runner_for(kind: &str) -> Option<Runner> {
         "group_texts" => Some(data_cases::group_texts),
         "ema" => Some(train_cases::ema),
         "lr_schedule" => Some(train_cases::lr_schedule),
+        "ar_loss" => Some(ar_cases::ar_loss),
+        "sample_ar" => Some(ar_cases::sample_ar),
         _ => None,
     }
 }
