@@ -1,18 +1,79 @@
-//! A backbone together with the variable store that owns its parameters.
+//! A backbone together with the variable store that owns its parameters, and the per-batch
+//! objective it is trained and evaluated with.
 
-use crate::backbone::{Dit, DitConfig, Precision};
+use crate::backbone::{Ar, ArConfig, Backbone, Dit, DitConfig, Precision};
+use crate::diffusion::{self, Diffusion, Draws};
+use anyhow::Result;
 use tch::{Device, Tensor, nn};
+
+pub enum Net {
+    Dit(Dit),
+    Ar(Ar),
+}
 
 pub struct Model {
     pub vs: nn::VarStore,
-    pub dit: Dit,
+    pub net: Net,
+}
+
+/// What training and validation need from one batch, whatever the objective.
+pub struct BatchLoss {
+    /// Token-mean loss (what is minimised).
+    pub loss: Tensor,
+    /// Per-token losses times the token mask.
+    pub nlls: Tensor,
+    pub token_mask: Tensor,
 }
 
 impl Model {
-    pub fn new(cfg: &DitConfig, precision: Precision, device: Device) -> Model {
+    pub fn dit(cfg: &DitConfig, precision: Precision, device: Device) -> Model {
         let vs = nn::VarStore::new(device);
-        let dit = Dit::new(vs.root() / "backbone", cfg, precision);
-        Model { vs, dit }
+        let net = Net::Dit(Dit::new(vs.root() / "backbone", cfg, precision));
+        Model { vs, net }
+    }
+
+    pub fn ar(cfg: &ArConfig, precision: Precision, device: Device) -> Model {
+        let vs = nn::VarStore::new(device);
+        let net = Net::Ar(Ar::new(vs.root() / "backbone", cfg, precision));
+        Model { vs, net }
+    }
+
+    pub fn backbone(&self) -> &dyn Backbone {
+        match &self.net {
+            Net::Dit(d) => d,
+            Net::Ar(a) => a,
+        }
+    }
+
+    /// The diffusion NELBO for a DiT (fresh uniform draws from libtorch's generator), the
+    /// next-token loss for the AR baseline.
+    pub fn batch_loss(
+        &self,
+        diffusion: &Diffusion,
+        x0: &Tensor,
+        mask: &Tensor,
+        train: bool,
+    ) -> Result<BatchLoss> {
+        match &self.net {
+            Net::Dit(dit) => {
+                let (b, l) = x0.size2()?;
+                let draws = Draws::sample(b, l, x0.device());
+                let p = diffusion.loss(dit, x0, mask, &draws, train)?;
+                Ok(BatchLoss {
+                    loss: p.loss,
+                    nlls: p.nlls,
+                    token_mask: p.token_mask,
+                })
+            }
+            Net::Ar(ar) => {
+                let p = diffusion::ar::loss(ar, x0, mask, diffusion.mask_index, train);
+                Ok(BatchLoss {
+                    loss: p.loss,
+                    nlls: p.nlls,
+                    token_mask: p.token_mask,
+                })
+            }
+        }
     }
 
     /// Trainable parameters by their reference names, sorted, so every consumer (optimizer, EMA,
@@ -30,9 +91,9 @@ impl Model {
 
     /// Overwrites parameters with same-named tensors (e.g. EMA shadows): this is how the EMA
     /// model is built, rather than by swapping weights in and out of the trained one.
-    pub fn assign(&self, named: &[(String, Tensor)]) -> anyhow::Result<()> {
+    pub fn assign(&self, named: &[(String, Tensor)]) -> Result<()> {
         let vars = self.vs.variables();
-        tch::no_grad(|| -> anyhow::Result<()> {
+        tch::no_grad(|| -> Result<()> {
             for (name, t) in named {
                 let v = vars
                     .get(name)

@@ -2,6 +2,8 @@
 
 use super::setup::{self, Run};
 use crate::config::{self, Config};
+use crate::model::Net;
+use crate::sample::ar::{ArSampleSpec, ArSampler, TorchGumbel, sample_ar};
 use crate::sample::categorical::TorchUniforms;
 use crate::sample::{self, Denoiser, ModelDenoiser, Predictor, SampleSpec};
 use anyhow::{Context, Result, bail};
@@ -27,43 +29,74 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
     let diffusion = setup::diffusion(&cfg, vocab_size, mask_index)?;
     let model = setup::build_model(&cfg, vocab_size, device)?;
     let ckpt = setup::load_eval_weights(&cfg, &model)?;
-    let predictor = match cfg.sampling.predictor {
-        config::Predictor::Ddpm => Predictor::Ddpm,
-        config::Predictor::DdpmCache => Predictor::DdpmCache,
-        config::Predictor::Analytic => bail!(
-            "sampling.predictor=analytic is not implemented yet (available: ddpm, ddpm_cache)"
-        ),
-    };
-    if cfg.sampling.semi_ar {
-        bail!("sampling.semi_ar=true is not implemented yet");
-    }
     let batch = cfg
         .loader
         .eval_batch_size
         .context("loader.eval_batch_size unresolved")? as i64;
-    let spec = SampleSpec {
-        predictor,
-        steps: cfg.sampling.steps as i64,
-        eps: 1e-5,
-        noise_removal: cfg.sampling.noise_removal,
-        batch,
-        length: cfg.model.length as i64,
-    };
+    let length = cfg.model.length as i64;
+    // float64 Gumbel noise unless the user asks for the reference's float32 draws.
     let kind = if cfg.sampling.float64_gumbel {
         Kind::Double
     } else {
         Kind::Float
     };
-    let mut uniforms = TorchUniforms { kind };
-    let den = ModelDenoiser::new(&model.dit, &diffusion);
+
+    let start = Instant::now();
+    let mut batches = Vec::new();
+    let (forward_calls, what) = match &model.net {
+        Net::Dit(dit) => {
+            let predictor = match cfg.sampling.predictor {
+                config::Predictor::Ddpm => Predictor::Ddpm,
+                config::Predictor::DdpmCache => Predictor::DdpmCache,
+                config::Predictor::Analytic => bail!(
+                    "sampling.predictor=analytic is not implemented yet (available: ddpm, ddpm_cache)"
+                ),
+            };
+            if cfg.sampling.semi_ar {
+                bail!("sampling.semi_ar=true is not implemented yet");
+            }
+            let spec = SampleSpec {
+                predictor,
+                steps: cfg.sampling.steps as i64,
+                eps: 1e-5,
+                noise_removal: cfg.sampling.noise_removal,
+                batch,
+                length,
+            };
+            let den = ModelDenoiser::new(dit, &diffusion);
+            let mut uniforms = TorchUniforms { kind };
+            for _ in 0..cfg.sampling.num_sample_batches {
+                batches.push(
+                    sample::sample(&den, &diffusion, &spec, device, &mut uniforms, false)?.tokens,
+                );
+            }
+            (den.calls(), format!("{predictor:?}, {} steps", spec.steps))
+        }
+        Net::Ar(ar) => {
+            let spec = ArSampleSpec {
+                batch,
+                length,
+                bos: tokenizer.bos_id() as i64,
+                mask_index,
+            };
+            let mut gumbel = TorchGumbel { kind };
+            let mut calls = 0;
+            for _ in 0..cfg.sampling.num_sample_batches {
+                let out = sample_ar(ar, &spec, ArSampler::Cached, device, &mut gumbel, false);
+                calls += out.forward_calls;
+                batches.push(out.tokens);
+            }
+            (calls, "AR with KV cache".to_string())
+        }
+    };
+    let seconds = start.elapsed().as_secs_f64();
+
     let path = run_dir.join("samples.jsonl");
     let mut out =
         std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    let start = Instant::now();
     let mut texts = Vec::new();
-    for b in 0..cfg.sampling.num_sample_batches {
-        let s = sample::sample(&den, &diffusion, &spec, device, &mut uniforms, false)?;
-        let rows: Vec<Vec<i64>> = Vec::<Vec<i64>>::try_from(s.tokens.to_device(tch::Device::Cpu))?;
+    for (b, tokens) in batches.iter().enumerate() {
+        let rows: Vec<Vec<i64>> = Vec::<Vec<i64>>::try_from(tokens.to_device(tch::Device::Cpu))?;
         for (i, row) in rows.iter().enumerate() {
             let ids: Vec<u32> = row.iter().map(|&t| t as u32).collect();
             let text = tokenizer.decode(&ids);
@@ -75,19 +108,13 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
             texts.push(text);
         }
     }
-    let seconds = start.elapsed().as_secs_f64();
     for (i, t) in texts.iter().enumerate() {
         println!("--- sample {i} ---\n{t}");
     }
     println!(
-        "{} samples of {} tokens from {} with {:?}, {} steps: {:.2} s, {} denoiser calls ({} gumbel); written to {}",
+        "{} samples of {length} tokens from {} with {what}: {seconds:.2} s, {forward_calls} denoiser calls ({} gumbel); written to {}",
         texts.len(),
-        spec.length,
         ckpt.display(),
-        predictor,
-        spec.steps,
-        seconds,
-        den.calls(),
         if cfg.sampling.float64_gumbel {
             "float64"
         } else {
@@ -97,7 +124,7 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
     );
     Ok(SampleReport {
         texts,
-        forward_calls: den.calls(),
+        forward_calls,
         seconds,
     })
 }

@@ -1,7 +1,7 @@
 //! What every subcommand does first: resolve the device and the device-derived config values,
 //! create the run directory, and map config sections onto the library's plain types.
 
-use crate::backbone::{DitConfig, Precision};
+use crate::backbone::{ArConfig, DitConfig, Precision};
 use crate::config::{self, Config};
 use crate::data::{self, DataSpec, Prepared};
 use crate::diffusion::{Diffusion, Noise, Parameterization};
@@ -40,15 +40,10 @@ pub fn start(mut cfg: Config) -> Result<Run> {
 
 /// Settings this build does not implement yet fail here, before any work, naming the key.
 fn check_supported(cfg: &Config) -> Result<()> {
-    if cfg.backbone != config::Backbone::Dit {
+    if !matches!(cfg.backbone, config::Backbone::Dit | config::Backbone::Ar) {
         bail!(
-            "backbone={} is not implemented yet in this build (available: dit)",
+            "backbone={} is not implemented yet in this build (available: dit, ar)",
             cfg.backbone
-        );
-    }
-    if cfg.parameterization == config::Parameterization::Ar {
-        bail!(
-            "parameterization=ar (the autoregressive baseline) is not implemented yet in this build (available: subs, d3pm, sedd)"
         );
     }
     Ok(())
@@ -142,7 +137,7 @@ pub fn diffusion(cfg: &Config, vocab_size: i64, mask_index: i64) -> Result<Diffu
         config::Parameterization::Subs => Parameterization::Subs,
         config::Parameterization::D3pm => Parameterization::D3pm,
         config::Parameterization::Sedd => Parameterization::Sedd,
-        config::Parameterization::Ar => bail!("parameterization=ar is not implemented yet"),
+        config::Parameterization::Ar => Parameterization::Ar,
     };
     Ok(Diffusion {
         parameterization,
@@ -160,11 +155,12 @@ pub fn diffusion(cfg: &Config, vocab_size: i64, mask_index: i64) -> Result<Diffu
 }
 
 pub fn build_model(cfg: &Config, vocab_size: i64, device: Device) -> Result<Model> {
-    Ok(Model::new(
-        &dit_config(cfg, vocab_size),
-        precision(cfg, device)?,
-        device,
-    ))
+    let dit = dit_config(cfg, vocab_size);
+    let precision = precision(cfg, device)?;
+    Ok(match cfg.backbone {
+        config::Backbone::Ar => Model::ar(&ArConfig::from(&dit), precision, device),
+        _ => Model::dit(&dit, precision, device),
+    })
 }
 
 /// Loads `eval.checkpoint_path` into `model`: the EMA weights unless `eval.disable_ema`, as the

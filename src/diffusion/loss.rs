@@ -75,6 +75,9 @@ impl Diffusion {
         draws: &Draws,
         train: bool,
     ) -> Result<LossParts> {
+        if self.parameterization == Parameterization::Ar {
+            anyhow::bail!("parameterization=ar has no diffusion loss; use diffusion::ar::loss");
+        }
         let mut t = self.sample_t(&draws.u_t)?;
         if self.t_steps > 0 {
             let tt = self.t_steps as f64;

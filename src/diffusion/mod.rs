@@ -17,6 +17,9 @@ pub enum Parameterization {
     Subs,
     D3pm,
     Sedd,
+    /// The autoregressive baseline: its loss is next-token cross-entropy on a causal backbone
+    /// (`diffusion::ar`), not a NELBO; only the mask index and the parameterization apply.
+    Ar,
 }
 
 /// The diffusion settings that shape every forward pass and loss (the reference keeps these on
@@ -68,6 +71,7 @@ impl Diffusion {
             Parameterization::Subs => subs::subs(logits, xt, self.mask_index),
             Parameterization::D3pm => subs::d3pm(logits, self.mask_index, self.subs_masking),
             Parameterization::Sedd => subs::sedd(logits, xt, sigma),
+            Parameterization::Ar => ar::log_probs(logits, self.mask_index),
         }
     }
 }

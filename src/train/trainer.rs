@@ -11,7 +11,7 @@ use super::lr::LrSchedule;
 use super::optim::{AdamW, AdamWConfig, clip_grad_norm};
 use crate::checkpoint;
 use crate::data::loader::{Loader, LoaderState};
-use crate::diffusion::{Diffusion, Draws};
+use crate::diffusion::Diffusion;
 use crate::eval::metrics::NllMeter;
 use crate::model::Model;
 use anyhow::{Context, Result, bail};
@@ -138,9 +138,7 @@ pub fn train(
                 .next_batch()
                 .context("the training split yields no batch")?;
             let (b, l) = batch.x.size2()?;
-            let draws = Draws::sample(b, l, batch.x.device());
-            let parts =
-                diffusion.loss(&model.dit, &batch.x, &batch.attention_mask, &draws, true)?;
+            let parts = model.batch_loss(diffusion, &batch.x, &batch.attention_mask, true)?;
             (&parts.loss / plan.accumulate as f64).backward();
             loss_sum += f64::try_from(&parts.loss)?;
             tokens_done += (b * l) as f64;
@@ -295,10 +293,7 @@ pub fn validate(
             let Some(batch) = loader.next_batch() else {
                 break;
             };
-            let (b, l) = batch.x.size2()?;
-            let draws = Draws::sample(b, l, batch.x.device());
-            let parts =
-                diffusion.loss(&model.dit, &batch.x, &batch.attention_mask, &draws, false)?;
+            let parts = model.batch_loss(diffusion, &batch.x, &batch.attention_mask, false)?;
             meter.update(&parts.nlls, &parts.token_mask);
         }
         Ok(())
