@@ -181,3 +181,70 @@ fn column(index: i64, like: &Tensor) -> Tensor {
 fn set_column(t: &Tensor, index: i64, value: f64) -> Tensor {
     t.index_fill(2, &column(index, t), value)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diffusion::Noise;
+    use crate::sample::categorical::TorchUniforms;
+    use std::cell::Cell;
+
+    /// SUBS-shaped oracle: uniform over the non-mask tokens at masked positions.
+    struct Uniform {
+        v: i64,
+        m: i64,
+        calls: Cell<usize>,
+    }
+
+    impl Denoiser for Uniform {
+        fn log_probs(&self, x: &Tensor, sigma: &Tensor) -> Tensor {
+            self.calls.set(self.calls.get() + 1);
+            let (b, l) = x.size2().unwrap();
+            let logits = Tensor::zeros([b, l, self.v], (Kind::Float, x.device()));
+            let d = diffusion(self.v, self.m);
+            d.parameterize(&logits, x, &d.process_sigma(sigma))
+        }
+        fn calls(&self) -> usize {
+            self.calls.get()
+        }
+    }
+
+    fn diffusion(v: i64, m: i64) -> Diffusion {
+        Diffusion {
+            parameterization: Parameterization::Subs,
+            noise: Noise::LogLinear { eps: 1e-3 },
+            mask_index: m,
+            vocab_size: v,
+            time_conditioning: false,
+            t_steps: 0,
+            subs_masking: false,
+            sampling_eps: 1e-3,
+            antithetic_sampling: true,
+            importance_sampling: false,
+            change_of_variables: false,
+        }
+    }
+
+    #[test]
+    fn unmasked_tokens_stay_and_denoiser_fills_every_mask() {
+        tch::manual_seed(0);
+        let (v, m) = (11, 4); // mask in the middle of the vocabulary
+        let den = Uniform {
+            v,
+            m,
+            calls: Cell::new(0),
+        };
+        let diff = diffusion(v, m);
+        let x = Tensor::from_slice(&[m, 0, m, 10, 3, m]).view([2, 3]);
+        let t = Tensor::full([2, 1], 0.6, (Kind::Float, tch::Device::Cpu));
+        let mut u = TorchUniforms { kind: Kind::Double };
+        for _ in 0..20 {
+            let next = step(&den, &diff, &x, &t, 0.1, &mut u);
+            let kept = x.ne(m);
+            assert!(next.masked_select(&kept).equal(&x.masked_select(&kept)));
+            let done = denoise(&den, &diff, &x, &t, &mut u);
+            assert_eq!(i64::try_from(done.eq(m).sum(Kind::Int64)).unwrap(), 0);
+            assert!(done.masked_select(&kept).equal(&x.masked_select(&kept)));
+        }
+    }
+}
