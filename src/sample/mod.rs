@@ -1,10 +1,12 @@
 //! Samplers of the reverse process. They see the model only through [`Denoiser`], so they can be
 //! tested against an oracle and against replayed reference draws.
 
+pub mod analytic;
 pub mod ar;
 pub mod categorical;
 pub mod ddpm;
 pub mod ddpm_cache;
+pub mod semi_ar;
 
 use crate::backbone::Backbone;
 use crate::diffusion::Diffusion;
@@ -51,6 +53,8 @@ impl Denoiser for ModelDenoiser<'_> {
 pub enum Predictor {
     Ddpm,
     DdpmCache,
+    /// SEDD's analytic (tau-leaping) update; noise removal is its denoiser step, not an argmax.
+    Analytic,
 }
 
 #[derive(Clone, Debug)]
@@ -71,8 +75,9 @@ pub struct SampleOut {
     pub forward_calls: usize,
 }
 
-/// `Diffusion._sample`: from the all-mask prior along `linspace(1, eps, steps + 1)`, then one
-/// argmax denoising step at the last time when `noise_removal` is on.
+/// `Diffusion._sample`: from the all-mask prior along `linspace(1, eps, steps + 1)`, then, when
+/// `noise_removal` is on, one denoising step at the last time (an argmax, or for `Analytic` the
+/// denoiser update).
 pub fn sample(
     den: &dyn Denoiser,
     diff: &Diffusion,
@@ -115,6 +120,7 @@ pub fn sample(
                 }
                 x_next
             }
+            Predictor::Analytic => analytic::step(den, diff, &x, &t, dt, uniforms),
         };
         if keep_trajectory {
             trajectory.push(x.copy());
@@ -122,8 +128,14 @@ pub fn sample(
     }
     if spec.noise_removal {
         let t = timesteps.get(spec.steps) * &ones;
-        let sigma = diff.noise.total(&t).reshape([-1]);
-        x = den.log_probs(&x, &sigma).argmax(-1, false);
+        x = match spec.predictor {
+            // One more categorical draw, with the mask token forbidden.
+            Predictor::Analytic => analytic::denoise(den, diff, &x, &t, uniforms),
+            Predictor::Ddpm | Predictor::DdpmCache => {
+                let sigma = diff.noise.total(&t).reshape([-1]);
+                den.log_probs(&x, &sigma).argmax(-1, false)
+            }
+        };
     }
     Ok(SampleOut {
         tokens: x,

@@ -6,6 +6,7 @@ mod ar_cases;
 mod common;
 mod data_cases;
 mod model_cases;
+mod sampler_cases;
 mod train_cases;
 
 use common::{Case, parity_dir};
@@ -18,8 +19,9 @@ fn runner_for(kind: &str) -> Option<Runner> {
         "dit_forward" => Some(model_cases::dit_forward),
         "parameterization" => Some(model_cases::parameterization),
         "loss" => Some(model_cases::loss),
-        "sampler_step" => Some(model_cases::sampler_step),
-        "sampling_run" => Some(model_cases::sampling_run),
+        "sampler_step" => Some(sampler_cases::sampler_step),
+        "sampling_run" => Some(sampler_cases::sampling_run),
+        "semi_ar_run" => Some(sampler_cases::semi_ar_run),
         "tokenizer" => Some(data_cases::tokenizer),
         "group_texts" => Some(data_cases::group_texts),
         "ema" => Some(train_cases::ema),

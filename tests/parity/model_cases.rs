@@ -53,13 +53,13 @@ pub fn noise_schedule(case: &Case) -> Result<()> {
     Ok(())
 }
 
-struct Model {
+pub(crate) struct Model {
     _vs: nn::VarStore,
-    dit: Dit,
-    diffusion: Diffusion,
+    pub(crate) dit: Dit,
+    pub(crate) diffusion: Diffusion,
 }
 
-fn model_of(case: &Case) -> Result<Model> {
+pub(crate) fn model_of(case: &Case) -> Result<Model> {
     let c = &case.json["config"];
     if c["backbone"] != "dit" {
         return skip(format!("backbone {} not implemented yet", c["backbone"]));

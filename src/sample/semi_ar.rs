@@ -1,0 +1,125 @@
+//! Semi-autoregressive generation beyond the model's length (MDLM §4.3; reference:
+//! `Diffusion.sample_subs_guidance`). Each stride denoises a fresh all-mask window whose first
+//! `length - stride_length` positions hold the previous window's tail, emits the window's first
+//! `stride_length` tokens and carries the rest forward.
+
+use super::Denoiser;
+use super::categorical::Uniforms;
+use super::ddpm_cache;
+use crate::diffusion::{Diffusion, Noise};
+use anyhow::{Result, bail};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Clone, Debug)]
+pub struct SemiArSpec {
+    pub batch: i64,
+    /// The model's window (`model.length`).
+    pub length: i64,
+    /// Tokens emitted per stride; the other `length - stride_length` are carried over.
+    pub stride_length: i64,
+    /// The reference runs `num_strides + 1` windows.
+    pub num_strides: i64,
+    /// Step of the time grid; each window runs `int(1 / dt) + 1` ddpm_cache steps.
+    pub dt: f64,
+}
+
+pub struct SemiArOut {
+    /// `[B, (num_strides + 1) stride_length + length - stride_length]`.
+    pub tokens: Tensor,
+    /// Denoiser passes made (the cache skips those of steps after which nothing changed).
+    pub forward_calls: usize,
+    /// The reference's `sampling_steps`: steps that changed x (every step with time conditioning).
+    pub sampling_steps: usize,
+    /// x at the start of each window (prior with the carried tail written in), `[B, L]` each.
+    pub stride_starts: Vec<Tensor>,
+    /// x after each window's last ddpm_cache step, before the argmax, `[B, L]` each.
+    pub stride_ends: Vec<Tensor>,
+}
+
+pub fn sample_semi_ar(
+    den: &dyn Denoiser,
+    diff: &Diffusion,
+    spec: &SemiArSpec,
+    device: Device,
+    uniforms: &mut dyn Uniforms,
+) -> Result<SemiArOut> {
+    if !matches!(diff.noise, Noise::LogLinear { .. }) {
+        bail!(
+            "semi-autoregressive sampling uses ddpm_cache steps, which need noise=loglinear (they take t as the move chance)"
+        );
+    }
+    if spec.stride_length < 1 || spec.stride_length > spec.length {
+        bail!(
+            "stride_length={} must lie in 1..={} (model.length)",
+            spec.stride_length,
+            spec.length
+        );
+    }
+    if spec.num_strides < 0 {
+        bail!("num_strides={} must not be negative", spec.num_strides);
+    }
+    if !(spec.dt > 0.0 && spec.dt <= 1.0) {
+        bail!("dt={} must lie in (0, 1]", spec.dt);
+    }
+    let (b, l, stride) = (spec.batch, spec.length, spec.stride_length);
+    // Python's `int(1 / dt)`: truncation of the double quotient.
+    let num_steps = (1.0 / spec.dt) as i64;
+    let calls_before = den.calls();
+    let ones = Tensor::ones([b], (Kind::Float, device));
+    let mut pieces: Vec<Tensor> = Vec::new();
+    let mut target: Option<Tensor> = None;
+    let (mut starts, mut ends) = (Vec::new(), Vec::new());
+    let mut sampling_steps = 0;
+    for _ in 0..=spec.num_strides {
+        let prior = Tensor::full([b, l], diff.mask_index, (Kind::Int64, device));
+        let mut x = match &target {
+            // x[:, :-stride] = target
+            Some(tail) => Tensor::cat(
+                &[tail.shallow_clone(), prior.narrow(1, l - stride, stride)],
+                1,
+            ),
+            None => prior,
+        };
+        starts.push(x.copy());
+        let mut cache: Option<Tensor> = None;
+        for i in 0..=num_steps {
+            // t is [B]; the last step has t = 0, so the mask column weight t - dt is negative and
+            // every remaining mask is filled.
+            let t = &ones * (1.0 - i as f64 * spec.dt);
+            let (p_x0, x_next) =
+                ddpm_cache::step(den, diff, &x, &t, spec.dt, cache.take(), uniforms);
+            // Same reuse rule as the reference: p_x0 is valid while x is unchanged and the network
+            // ignores the time.
+            if x_next.equal(&x) && !diff.time_conditioning {
+                cache = Some(p_x0);
+            } else {
+                sampling_steps += 1;
+            }
+            x = x_next;
+        }
+        ends.push(x.copy());
+        let x0 = den.log_probs(&x, &ones.zeros_like()).argmax(-1, false); // [B, L]
+        pieces.push(x0.narrow(1, 0, stride));
+        target = Some(x0.narrow(1, stride, l - stride));
+    }
+    pieces.extend(target);
+    Ok(SemiArOut {
+        tokens: Tensor::cat(&pieces, 1),
+        forward_calls: den.calls() - calls_before,
+        sampling_steps,
+        stride_starts: starts,
+        stride_ends: ends,
+    })
+}
+
+/// The reference's `sequence_lengths`: per row, how many tokens after the first come before the
+/// first `eos` (all of them when there is none).
+pub fn sequence_lengths(tokens: &Tensor, eos: i64) -> Tensor {
+    let n = tokens.size()[1];
+    tokens
+        .narrow(1, 1, n - 1)
+        .eq(eos)
+        .cumsum(-1, Kind::Int64)
+        .eq(0)
+        .sum_dim_intlist(-1, false, Kind::Int64)
+}
