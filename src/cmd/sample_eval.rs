@@ -5,8 +5,9 @@ use crate::config::{self, Config};
 use crate::model::Net;
 use crate::sample::ar::{ArSampleSpec, ArSampler, TorchGumbel, sample_ar};
 use crate::sample::categorical::TorchUniforms;
+use crate::sample::semi_ar::{SemiArSpec, sample_semi_ar};
 use crate::sample::{self, Denoiser, ModelDenoiser, Predictor, SampleSpec};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::json;
 use std::io::Write;
 use std::time::Instant;
@@ -45,32 +46,52 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
     let mut batches = Vec::new();
     let (forward_calls, what) = match &model.net {
         Net::Dit(dit) => {
-            let predictor = match cfg.sampling.predictor {
-                config::Predictor::Ddpm => Predictor::Ddpm,
-                config::Predictor::DdpmCache => Predictor::DdpmCache,
-                config::Predictor::Analytic => bail!(
-                    "sampling.predictor=analytic is not implemented yet (available: ddpm, ddpm_cache)"
-                ),
-            };
-            if cfg.sampling.semi_ar {
-                bail!("sampling.semi_ar=true is not implemented yet");
-            }
-            let spec = SampleSpec {
-                predictor,
-                steps: cfg.sampling.steps as i64,
-                eps: 1e-5,
-                noise_removal: cfg.sampling.noise_removal,
-                batch,
-                length,
-            };
             let den = ModelDenoiser::new(dit, &diffusion);
             let mut uniforms = TorchUniforms { kind };
-            for _ in 0..cfg.sampling.num_sample_batches {
-                batches.push(
-                    sample::sample(&den, &diffusion, &spec, device, &mut uniforms, false)?.tokens,
+            if cfg.sampling.semi_ar {
+                // The reference's semi-autoregressive generation: ddpm_cache steps of size
+                // 1/sampling.steps per stride, whatever sampling.predictor says.
+                let spec = SemiArSpec {
+                    batch,
+                    length,
+                    stride_length: cfg.sampling.stride_length as i64,
+                    num_strides: cfg.sampling.num_strides as i64,
+                    dt: 1.0 / cfg.sampling.steps as f64,
+                };
+                for _ in 0..cfg.sampling.num_sample_batches {
+                    batches.push(
+                        sample_semi_ar(&den, &diffusion, &spec, device, &mut uniforms)?.tokens,
+                    );
+                }
+                let what = format!(
+                    "semi-autoregressive ddpm_cache, {} strides of {} tokens, dt 1/{}",
+                    spec.num_strides + 1,
+                    spec.stride_length,
+                    cfg.sampling.steps
                 );
+                (den.calls(), what)
+            } else {
+                let predictor = match cfg.sampling.predictor {
+                    config::Predictor::Ddpm => Predictor::Ddpm,
+                    config::Predictor::DdpmCache => Predictor::DdpmCache,
+                    config::Predictor::Analytic => Predictor::Analytic,
+                };
+                let spec = SampleSpec {
+                    predictor,
+                    steps: cfg.sampling.steps as i64,
+                    eps: 1e-5,
+                    noise_removal: cfg.sampling.noise_removal,
+                    batch,
+                    length,
+                };
+                for _ in 0..cfg.sampling.num_sample_batches {
+                    batches.push(
+                        sample::sample(&den, &diffusion, &spec, device, &mut uniforms, false)?
+                            .tokens,
+                    );
+                }
+                (den.calls(), format!("{predictor:?}, {} steps", spec.steps))
             }
-            (den.calls(), format!("{predictor:?}, {} steps", spec.steps))
         }
         Net::Ar(ar) => {
             let spec = ArSampleSpec {

@@ -143,7 +143,9 @@ pub fn score(den: &dyn Denoiser, diff: &Diffusion, x: &Tensor, sigma: &Tensor) -
             masked_rows.where_self(&x.eq(m).unsqueeze(-1), &unmasked_rows)
         }
         // The AR baseline never reaches a diffusion sampler (sample-eval dispatches it first).
-        Parameterization::Sedd | Parameterization::D3pm | Parameterization::Ar => out.shallow_clone(),
+        Parameterization::Sedd | Parameterization::D3pm | Parameterization::Ar => {
+            out.shallow_clone()
+        }
     };
     let score = log_score.exp();
     (out, score)
