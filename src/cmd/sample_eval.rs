@@ -5,6 +5,7 @@ use crate::config::{self, Config};
 use crate::model::Net;
 use crate::sample::ar::{ArSampleSpec, ArSampler, TorchGumbel, sample_ar};
 use crate::sample::categorical::TorchUniforms;
+use crate::sample::ddpm::DrawMode;
 use crate::sample::semi_ar::{SemiArSpec, sample_semi_ar};
 use crate::sample::{self, Denoiser, ModelDenoiser, Predictor, SampleSpec};
 use anyhow::{Context, Result};
@@ -83,6 +84,13 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
                     noise_removal: cfg.sampling.noise_removal,
                     batch,
                     length,
+                    // The sparse draw goes with our float64 default; `float64_gumbel=false`
+                    // replays the reference's draws exactly.
+                    draws: if cfg.sampling.float64_gumbel {
+                        DrawMode::Sparse
+                    } else {
+                        DrawMode::Reference
+                    },
                 };
                 for _ in 0..cfg.sampling.num_sample_batches {
                     batches.push(

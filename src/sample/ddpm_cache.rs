@@ -4,8 +4,8 @@
 //! Log-linear noise only: it takes the move chance to be `t` itself, as the reference does.
 
 use super::Denoiser;
-use super::categorical::{self, Uniforms};
-use super::ddpm::{carry_unmasked, reverse_probs};
+use super::categorical::Uniforms;
+use super::ddpm::{DrawMode, reverse_draw};
 use crate::diffusion::Diffusion;
 use tch::Tensor;
 
@@ -20,6 +20,20 @@ pub fn step(
     cache: Option<Tensor>,
     u: &mut dyn Uniforms,
 ) -> (Tensor, Tensor) {
+    step_with(den, diff, x, t, dt, cache, DrawMode::Reference, u)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn step_with(
+    den: &dyn Denoiser,
+    diff: &Diffusion,
+    x: &Tensor,
+    t: &Tensor,
+    dt: f64,
+    cache: Option<Tensor>,
+    mode: DrawMode,
+    u: &mut dyn Uniforms,
+) -> (Tensor, Tensor) {
     let t = t.reshape([-1]);
     let p_x0 = match cache {
         Some(p) => p,
@@ -30,7 +44,6 @@ pub fn step(
     };
     let mc_t = t.view([-1, 1, 1]);
     let mc_s = (&t - dt).view([-1, 1, 1]);
-    let q_xs = reverse_probs(&p_x0, &mc_t, &mc_s, diff.mask_index);
-    let drawn = categorical::sample(&q_xs, u);
-    (p_x0, carry_unmasked(x, &drawn, diff.mask_index))
+    let x_next = reverse_draw(&p_x0, &mc_t, &mc_s, x, diff.mask_index, mode, u);
+    (p_x0, x_next)
 }

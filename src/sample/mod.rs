@@ -66,6 +66,8 @@ pub struct SampleSpec {
     pub noise_removal: bool,
     pub batch: i64,
     pub length: i64,
+    /// How ddpm / ddpm_cache make their categorical draws.
+    pub draws: ddpm::DrawMode,
 }
 
 pub struct SampleOut {
@@ -110,10 +112,18 @@ pub fn sample(
     for i in 0..spec.steps {
         let t = timesteps.get(i) * &ones;
         x = match spec.predictor {
-            Predictor::Ddpm => ddpm::step(den, diff, &x, &t, dt, uniforms),
+            Predictor::Ddpm => ddpm::step_with(den, diff, &x, &t, dt, spec.draws, uniforms),
             Predictor::DdpmCache => {
-                let (p_x0, x_next) =
-                    ddpm_cache::step(den, diff, &x, &t, dt, cache.take(), uniforms);
+                let (p_x0, x_next) = ddpm_cache::step_with(
+                    den,
+                    diff,
+                    &x,
+                    &t,
+                    dt,
+                    cache.take(),
+                    spec.draws,
+                    uniforms,
+                );
                 // Reusable only while xt is unchanged and the network ignores the time.
                 if x_next.equal(&x) && !diff.time_conditioning {
                     cache = Some(p_x0);

@@ -269,6 +269,7 @@ pub fn sampling_run(case: &Case) -> Result<()> {
         noise_removal: case.bool("config.sampling.noise_removal")?,
         batch: size[1],
         length: size[2],
+        draws: mdlm::sample::ddpm::DrawMode::Reference,
     };
     let den = ModelDenoiser::new(&m.dit, &m.diffusion);
     let out = sample::sample(&den, &m.diffusion, &spec, Device::Cpu, &mut u, true)?;

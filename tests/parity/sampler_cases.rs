@@ -99,6 +99,7 @@ pub fn sampling_run(case: &Case) -> Result<()> {
         noise_removal: case.bool("config.sampling.noise_removal")?,
         batch: size[1],
         length: size[2],
+        draws: mdlm::sample::ddpm::DrawMode::Reference,
     };
     case.check(
         "timesteps",
