@@ -2,14 +2,19 @@
 
 use clap::Parser;
 use mdlm::cli::{Cli, Command};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MDLM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_env("MDLM_LOG").unwrap_or_else(|_| {
+                // A terminal gets the progress bar; a log file (no bar there) gets the events.
+                let quiet = std::io::stderr().is_terminal();
+                tracing_subscriber::EnvFilter::new(if quiet { "warn" } else { "mdlm=info,warn" })
+            }),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
