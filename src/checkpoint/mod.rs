@@ -1,7 +1,11 @@
 //! Checkpoints: mdlm's own training checkpoint format (`native`), one safetensors file that holds
-//! the model, the EMA and the optimizer state plus the run state and the config that made it.
+//! the model, the EMA and the optimizer state plus the run state and the config that made it;
+//! the Hugging Face MDLM folder layout (`hf`, read and written); the reference's PyTorch Lightning
+//! `.ckpt` (`lightning`, read only, without executing its pickle).
 
 mod atomic;
+pub mod hf;
+pub mod lightning;
 mod native;
 
 pub use native::{Checkpoint, FORMAT, VERSION, load, load_into, save};

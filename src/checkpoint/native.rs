@@ -39,7 +39,7 @@ impl Checkpoint {
     }
 }
 
-fn dtype_of(kind: Kind) -> Result<Dtype> {
+pub(super) fn dtype_of(kind: Kind) -> Result<Dtype> {
     Ok(match kind {
         Kind::Bool => Dtype::BOOL,
         Kind::Uint8 => Dtype::U8,
@@ -166,7 +166,7 @@ fn header_bytes(
     Ok((header, order))
 }
 
-fn write_tensor(out: &mut dyn Write, t: &Tensor) -> Result<()> {
+pub(super) fn write_tensor(out: &mut dyn Write, t: &Tensor) -> Result<()> {
     let cpu = t.detach().to_device(Device::Cpu).contiguous();
     let n = cpu.numel() * cpu.kind().elt_size_in_bytes();
     if n == 0 {

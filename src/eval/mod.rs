@@ -1,3 +1,4 @@
-//! Evaluation: token-weighted NLL / BPD / PPL accumulated in float64.
+//! Evaluation: token-weighted NLL / BPD / PPL accumulated in float64; GPT-2 generative perplexity.
 
+pub mod gpt2;
 pub mod metrics;

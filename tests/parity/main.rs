@@ -3,6 +3,7 @@
 //! name, never passed.
 
 mod ar_cases;
+mod ckpt_cases;
 mod common;
 mod data_cases;
 mod model_cases;
@@ -28,6 +29,9 @@ fn runner_for(kind: &str) -> Option<Runner> {
         "lr_schedule" => Some(train_cases::lr_schedule),
         "ar_loss" => Some(ar_cases::ar_loss),
         "sample_ar" => Some(ar_cases::sample_ar),
+        "hf_mdlm" => Some(ckpt_cases::hf_mdlm),
+        "lightning_ckpt" => Some(ckpt_cases::lightning_ckpt),
+        "gpt2_eval" => Some(ckpt_cases::gpt2_eval),
         _ => None,
     }
 }
