@@ -406,9 +406,10 @@ struct Object {
     state: Option<Value>,
 }
 
+/// A storage copied once out of the archive as a flat tensor; tensors are views of it, as in
+/// PyTorch (several tensors may share one storage).
 struct Storage {
-    kind: Kind,
-    bytes: Vec<u8>,
+    flat: Tensor,
 }
 
 impl Value {
@@ -793,10 +794,9 @@ impl Vm<'_, '_> {
                 bytes.len()
             );
         }
-        let s = Rc::new(Storage {
-            kind,
-            bytes: bytes.to_vec(),
-        });
+        let n = bytes.len() / elt;
+        let flat = Tensor::from_data_size(&bytes[..n * elt], &[n as i64], kind);
+        let s = Rc::new(Storage { flat });
         self.storages.insert(key.to_string(), s.clone());
         Ok(Value::Storage(s))
     }
@@ -818,8 +818,7 @@ fn rebuild_tensor(args: &[Value]) -> Result<Tensor> {
             "_rebuild_tensor_v2: bad geometry (size {size:?}, stride {stride:?}, offset {offset})"
         );
     }
-    let elt = s.kind.elt_size_in_bytes();
-    let available = (s.bytes.len() / elt) as i64;
+    let available = s.flat.numel() as i64;
     let numel: i64 = size.iter().product();
     if numel > 0 {
         let last = size
@@ -836,8 +835,8 @@ fn rebuild_tensor(args: &[Value]) -> Result<Tensor> {
             );
         }
     }
-    let flat = Tensor::from_data_size(&s.bytes[..available as usize * elt], &[available], s.kind);
-    Ok(flat.as_strided(&size, &stride, offset).contiguous())
+    // A view (shared memory) when the geometry is contiguous, else a compact copy.
+    Ok(s.flat.as_strided(&size, &stride, offset).contiguous())
 }
 
 #[cfg(test)]
