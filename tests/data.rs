@@ -504,3 +504,202 @@ fn eval_loader_is_sequential_and_keeps_the_partial_batch() {
     assert_eq!(count, n.div_ceil(bs));
     assert!(Loader::train(blocks.clone(), n + 1, 0).is_err());
 }
+
+// ---- Hugging Face tokenizers and the reference's row corpora -----------------------------------
+
+use mdlm::data::{Detokenizer, HfTokenizer, Split, prepare_one};
+
+fn gpt2_json() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/assets/tokenizers/gpt2/tokenizer.json")
+}
+
+/// A hub cache holding `gpt2` (`models--gpt2/snapshots/<rev>/tokenizer.json` + `refs/main`),
+/// made once per test binary and pointed at by `HF_HUB_CACHE`, so `tokenizer_by_name("gpt2")`
+/// goes through the same lookup a user's does.
+fn gpt2_hub() -> &'static Path {
+    static HUB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    HUB.get_or_init(|| {
+        let root = std::env::temp_dir().join(format!("mdlm-data-hub-{}", std::process::id()));
+        let rev = "1111111111111111111111111111111111111111";
+        let repo = root.join("models--gpt2");
+        std::fs::create_dir_all(repo.join("snapshots").join(rev)).unwrap();
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), rev).unwrap();
+        std::fs::copy(
+            gpt2_json(),
+            repo.join("snapshots").join(rev).join("tokenizer.json"),
+        )
+        .unwrap();
+        // SAFETY: set once, before any test of this binary reads it; no other test in this binary
+        // reads or writes Hugging Face variables.
+        unsafe { std::env::set_var("HF_HUB_CACHE", &root) };
+        root
+    })
+}
+
+/// `<tmp>/<name>/raw/<file>` copied from the shared data folder.
+fn corpus_cache(name: &str, src: &str) -> TempDir {
+    let t = TempDir::new(name);
+    let raw = t.0.join(name).join("raw");
+    std::fs::create_dir_all(&raw).unwrap();
+    let from = shared().join(src);
+    std::fs::copy(&from, raw.join(from.file_name().unwrap())).unwrap();
+    t
+}
+
+/// The wrap path computed here from scratch: rows → detokenizer → plain encode + EOS, then per
+/// batch of 1000 rows the stream is cut into chunks of `L - 2` (the tail dropped) and wrapped.
+fn expected_wrap(rows: &[String], detok: Detokenizer, block_size: usize) -> Vec<Vec<u32>> {
+    let t = HfTokenizer::from_file("gpt2", &gpt2_json()).unwrap();
+    let eot = t.token_to_id("<|endoftext|>").unwrap();
+    let mut blocks = Vec::new();
+    for batch in rows.chunks(1000) {
+        let mut stream = Vec::new();
+        for r in batch {
+            stream.extend(t.encode(&detok.apply(r)));
+            stream.push(eot);
+        }
+        for chunk in stream.chunks_exact(block_size - 2) {
+            let mut b = vec![eot];
+            b.extend_from_slice(chunk);
+            b.push(eot);
+            blocks.push(b);
+        }
+    }
+    blocks
+}
+
+fn check_real_corpus(name: &str, src: &str, rows: Vec<String>, detok: Detokenizer) {
+    gpt2_hub();
+    let cache = corpus_cache(name, src);
+    let spec = DataSpec {
+        name: name.into(),
+        valid_name: name.into(),
+        tokenizer: "gpt2".into(),
+        cache_dir: cache.0.clone(),
+        wrap: true,
+        block_size: 128,
+    };
+    let (blocks, meta, tok) = prepare_one(&spec, name, Split::Validation).unwrap();
+    assert_eq!(tok.vocab_size(), 50257);
+    assert_eq!(
+        meta.recipe.vocab_size, 50258,
+        "vocab plus the appended mask"
+    );
+    assert!(meta.recipe.tokenizer_identity.contains("fnv1a64"));
+    let want = expected_wrap(&rows, detok, 128);
+    assert_eq!(blocks.len(), want.len(), "{name}: block count");
+    assert!(blocks.len() > 10, "{name}: only {} blocks", blocks.len());
+    assert_eq!(blocks.block(0), want[0], "{name}: first block");
+    assert_eq!(
+        blocks.block(blocks.len() - 1),
+        *want.last().unwrap(),
+        "{name}: last block"
+    );
+    assert_eq!(
+        blocks.block(blocks.len() / 2),
+        want[want.len() / 2],
+        "{name}: middle block"
+    );
+}
+
+#[test]
+fn wikitext2_valid_through_prepare_with_gpt2_from_the_hub_cache() {
+    let text = std::fs::read_to_string(shared().join("wikitext-2/valid.txt")).unwrap();
+    let rows = text.split_inclusive('\n').map(String::from).collect();
+    check_real_corpus(
+        "wikitext2",
+        "wikitext-2/valid.txt",
+        rows,
+        Detokenizer::WikiText,
+    );
+}
+
+#[test]
+fn ptb_valid_through_prepare_with_gpt2_from_the_hub_cache() {
+    let text = std::fs::read_to_string(shared().join("ptb/ptb.valid.txt")).unwrap();
+    let rows = text.lines().map(|l| l.trim().to_string()).collect();
+    check_real_corpus("ptb", "ptb/ptb.valid.txt", rows, Detokenizer::Ptb);
+}
+
+#[test]
+fn lambada_through_prepare_with_gpt2_from_the_hub_cache() {
+    let text = std::fs::read_to_string(shared().join("lambada/lambada_test.jsonl")).unwrap();
+    let rows = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["text"].as_str().unwrap().to_string()
+        })
+        .collect();
+    check_real_corpus(
+        "lambada",
+        "lambada/lambada_test.jsonl",
+        rows,
+        Detokenizer::Lambada,
+    );
+}
+
+#[test]
+fn hf_prepared_file_is_reused_and_a_truncated_one_rebuilt() {
+    gpt2_hub();
+    let cache = corpus_cache("ptb", "ptb/ptb.valid.txt");
+    let spec = DataSpec {
+        name: "ptb".into(),
+        valid_name: "ptb".into(),
+        tokenizer: "gpt2".into(),
+        cache_dir: cache.0.clone(),
+        wrap: true,
+        block_size: 64,
+    };
+    let (first, meta, _) = prepare_one(&spec, "ptb", Split::Validation).unwrap();
+    let path = first.path().to_path_buf();
+    let sidecar = path.with_extension("json");
+    let stamp = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let (bin_t, side_t) = (stamp(&path), stamp(&sidecar));
+    let full = std::fs::read(&path).unwrap();
+    drop(first);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let (again, meta2, _) = prepare_one(&spec, "ptb", Split::Validation).unwrap();
+    assert_eq!(meta, meta2);
+    assert_eq!(stamp(&path), bin_t, "reuse must not rewrite the .bin");
+    assert_eq!(
+        stamp(&sidecar),
+        side_t,
+        "reuse must not rewrite the sidecar"
+    );
+    drop(again);
+    std::fs::write(&path, &full[..full.len() / 2]).unwrap();
+    let (rebuilt, _, _) = prepare_one(&spec, "ptb", Split::Validation).unwrap();
+    assert_eq!(rebuilt.len(), meta.blocks);
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        full,
+        "rebuilt file is the original"
+    );
+}
+
+#[test]
+fn missing_hub_repo_names_the_repo_where_it_looked_and_the_fix() {
+    let empty = TempDir::new("nohub");
+    let e = HfTokenizer::from_name_or_path_in("no-such-org/no-such-tokenizer", &empty.0)
+        .err()
+        .expect("a repo that is not cached must fail");
+    let msg = format!("{e:#}");
+    assert_eq!(msg.lines().count(), 1, "{msg}");
+    assert!(msg.contains("'no-such-org/no-such-tokenizer'"), "{msg}");
+    assert!(
+        msg.contains(
+            &empty
+                .0
+                .join("models--no-such-org--no-such-tokenizer")
+                .display()
+                .to_string()
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("HF_HUB_CACHE") && msg.contains("pass a path"),
+        "{msg}"
+    );
+}

@@ -6,6 +6,9 @@
 
 pub mod blocks;
 pub mod char;
+pub mod corpus;
+pub mod detok;
+pub mod hf;
 pub mod loader;
 pub mod prepare;
 pub mod tokenizer;
@@ -13,20 +16,29 @@ pub mod wrap;
 
 pub use blocks::TokenBlocks;
 pub use char::CharTokenizer;
+pub use detok::Detokenizer;
+pub use hf::HfTokenizer;
 pub use loader::{Batch, Loader, LoaderState};
-pub use prepare::{DataSpec, Prepared, PreparedMeta, Split, prepare};
+pub use prepare::{DataSpec, Prepared, PreparedMeta, Split, prepare, prepare_one};
 pub use tokenizer::Tokenizer;
 
-/// Tokenizer names a config may give.
+/// Built-in tokenizer names a config may give; any other name is a Hugging Face tokenizer (a
+/// `tokenizer.json` path, a folder holding one, or a Hub repo id in the local cache).
 pub const TOKENIZER_NAMES: [&str; 2] = ["char", "text8"];
 
-/// The tokenizer a config names; the error names the value and the choices.
+/// The tokenizer a config names: a built-in character tokenizer, else a Hugging Face one resolved
+/// offline ([`HfTokenizer::from_name_or_path`]); the error names the value, where it looked and
+/// the fix.
 pub fn tokenizer_by_name(name: &str) -> anyhow::Result<Box<dyn Tokenizer>> {
     match char::char_tokenizer_by_name(name) {
         Some(t) => Ok(Box::new(t)),
-        None => anyhow::bail!(
-            "unknown tokenizer '{name}'; choose one of: {}",
-            TOKENIZER_NAMES.join(", ")
-        ),
+        None => Ok(Box::new(HfTokenizer::from_name_or_path(name).map_err(
+            |e| {
+                anyhow::anyhow!(
+                    "{e:#} (built-in tokenizers: {})",
+                    TOKENIZER_NAMES.join(", ")
+                )
+            },
+        )?)),
     }
 }

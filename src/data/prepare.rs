@@ -1,7 +1,10 @@
 //! Raw corpus → tokenized, wrapped blocks on disk, prepared once and memory-mapped afterwards
 //! (nanoGPT's `train.bin`, with llm.c's magic number and version).
 //!
-//! A corpus is a folder `<cache_dir>/<name>/raw/` of `*.txt` files, one document per file, taken
+//! A corpus is a folder `<cache_dir>/<name>/raw/`. The row-based corpora of the reference
+//! (`wikitext2`, `ptb`, `lambada`, `ag_news`, ...; see [`super::corpus`]) are read from their own
+//! split files, detokenized and tokenised row by row as `get_dataset` does. Any other name is a
+//! folder of `*.txt` files, one document per file, taken
 //! in file-name order. Document `i` belongs to the validation split when `i % 20 == 19`, else to
 //! train; a corpus of fewer than 20 documents gives its last document to validation. Whole
 //! documents are held out (rather than the tail of each) so no play is seen in both splits. For
@@ -13,11 +16,12 @@
 //! or whose header is damaged is rebuilt.
 
 use super::blocks::{FORMAT_VERSION, TokenBlocks, write_atomic, write_blocks};
+use super::corpus::{Corpus, detokenize_rows, rows_to_blocks};
+use super::detok::Detokenizer;
 use super::tokenizer::Tokenizer;
 use super::tokenizer_by_name;
-use super::wrap::{REFERENCE_MAP_BATCH_SIZE, pad_documents, wrap_documents};
+use super::wrap::REFERENCE_MAP_BATCH_SIZE;
 use anyhow::{Context, Result, bail};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -76,6 +80,15 @@ pub struct Recipe {
     pub split: String,
     pub split_rule: String,
     pub tokenizer: String,
+    /// What fixes the tokenizer's output ([`Tokenizer::identity`]: for Hugging Face tokenizers a
+    /// hash of the `tokenizer.json`), so a changed file under the same name rebuilds.
+    #[serde(default)]
+    pub tokenizer_identity: String,
+    /// The reference's detokenizer applied to every row, if any.
+    #[serde(default)]
+    pub detokenizer: Option<String>,
+    /// The id space of the stored tokens: the tokenizer's vocabulary plus the appended mask when
+    /// it has none (GPT-2's added `[PAD]` is that id).
     pub vocab_size: usize,
     pub block_size: usize,
     pub wrap: bool,
@@ -141,9 +154,36 @@ pub fn prepare(spec: &DataSpec) -> Result<Prepared> {
     })
 }
 
+/// One split of one dataset (for evaluation-only corpora such as `lambada`, or tests), with the
+/// tokenizer `spec.tokenizer` names; reuses the prepared file when its recipe still matches.
+pub fn prepare_one(
+    spec: &DataSpec,
+    dataset: &str,
+    split: Split,
+) -> Result<(TokenBlocks, PreparedMeta, Box<dyn Tokenizer>)> {
+    let raw = raw_dir(&spec.cache_dir, dataset)?;
+    let tokenizer = tokenizer_by_name(&spec.tokenizer)?;
+    let (blocks, meta) = prepare_split(spec, dataset, &raw, split, &*tokenizer)?;
+    Ok((blocks, meta, tokenizer))
+}
+
 /// `<cache_dir>/<name>/raw`, if it holds at least one `*.txt`.
 pub fn raw_dir(cache_dir: &Path, name: &str) -> Result<PathBuf> {
     let dir = cache_dir.join(name).join("raw");
+    if let Some(corpus) = Corpus::by_name(name) {
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+        let files: Vec<&str> = [Split::Train, Split::Validation]
+            .iter()
+            .flat_map(|&s| corpus.split_files(s).iter().copied())
+            .collect();
+        bail!(
+            "data '{name}' is not available offline: {} does not exist; put the split files ({}) there (small copies of several corpora are in the shared data folder)",
+            dir.display(),
+            files.join(", ")
+        );
+    }
     if !list_texts(&dir).map(|v| v.is_empty()).unwrap_or(true) {
         return Ok(dir);
     }
@@ -178,6 +218,18 @@ pub fn prepared_path(
     split: Split,
 ) -> PathBuf {
     let layout = if wrap { "" } else { "-nowrap" };
+    // Hugging Face names can be repo ids or paths; keep the file name one plain component.
+    let tokenizer: String = tokenizer
+        .trim_start_matches(['/', '.'])
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     cache_dir.join(dataset).join(format!(
         "{tokenizer}-L{block_size}{layout}-{}.bin",
         split.as_str()
@@ -214,7 +266,12 @@ fn prepare_split(
     split: Split,
     tokenizer: &dyn Tokenizer,
 ) -> Result<(TokenBlocks, PreparedMeta)> {
-    let files = list_texts(raw).with_context(|| format!("listing {}", raw.display()))?;
+    let corpus = Corpus::by_name(dataset);
+    let files = match corpus {
+        Some(c) => vec![c.find_split_file(dataset, raw, split)?],
+        None => list_texts(raw).with_context(|| format!("listing {}", raw.display()))?,
+    };
+    let detok = corpus.and_then(|_| Detokenizer::for_dataset(dataset));
     let contents: Vec<Vec<u8>> = files
         .iter()
         .map(|f| std::fs::read(f).with_context(|| format!("reading {}", f.display())))
@@ -234,7 +291,9 @@ fn prepare_split(
         split: split.as_str().to_string(),
         split_rule: SPLIT_RULE.to_string(),
         tokenizer: tokenizer.name().to_string(),
-        vocab_size: tokenizer.vocab_size(),
+        tokenizer_identity: tokenizer.identity(),
+        detokenizer: detok.map(|d| d.name().to_string()),
+        vocab_size: id_space(tokenizer),
         block_size: spec.block_size,
         wrap: spec.wrap,
         map_batch_size: REFERENCE_MAP_BATCH_SIZE,
@@ -260,6 +319,35 @@ fn prepare_split(
         Err(_) => {}
     }
 
+    if let Some(c) = corpus {
+        let rows = c.read_rows(&files[0])?;
+        let rows = detokenize_rows(detok, &rows);
+        let made = rows_to_blocks(
+            tokenizer,
+            &rows,
+            spec.wrap,
+            spec.block_size,
+            REFERENCE_MAP_BATCH_SIZE,
+        )?;
+        let documents = vec![format!(
+            "{} ({} rows)",
+            files[0].file_name().unwrap().to_string_lossy(),
+            rows.len()
+        )];
+        return finish(
+            spec,
+            dataset,
+            split,
+            recipe,
+            &path,
+            &sidecar,
+            documents,
+            made.tokens,
+            made.ids,
+            made.lengths,
+        );
+    }
+
     let chosen = split_documents(files.len(), split);
     if chosen.is_empty() {
         bail!(
@@ -269,35 +357,50 @@ fn prepare_split(
             split.as_str()
         );
     }
-    let eos = tokenizer.eos_id();
-    // One document per file; rayon spreads the files over the cores.
-    let docs: Vec<Vec<u32>> = chosen
-        .par_iter()
-        .map(|&i| {
-            let text = String::from_utf8_lossy(&contents[i]);
-            let mut ids = tokenizer.encode(&text);
-            if spec.wrap {
-                ids.push(eos);
-            }
-            ids
-        })
+    // One document per file; the same row path as the row corpora (rayon spreads the documents
+    // over the cores). Character tokenizers add no special tokens, so their `wrap=false` blocks
+    // are the plain documents cut and padded.
+    let texts: Vec<String> = chosen
+        .iter()
+        .map(|&i| String::from_utf8_lossy(&contents[i]).into_owned())
         .collect();
-    let tokens: usize = docs.iter().map(Vec::len).sum();
-    let (ids, lengths) = if spec.wrap {
-        let ids = wrap_documents(
-            &docs,
-            spec.block_size,
-            tokenizer.bos_id(),
-            eos,
-            REFERENCE_MAP_BATCH_SIZE,
-        )?;
-        (ids, None)
-    } else {
-        // The reference's wrap=false path pads/truncates each document to the block with the
-        // tokenizer's own special tokens, of which the character tokenizers add none.
-        let (ids, lengths) = pad_documents(&docs, spec.block_size, tokenizer.pad_id());
-        (ids, Some(lengths))
-    };
+    let made = rows_to_blocks(
+        tokenizer,
+        &texts,
+        spec.wrap,
+        spec.block_size,
+        REFERENCE_MAP_BATCH_SIZE,
+    )?;
+    let (tokens, ids, lengths) = (made.tokens, made.ids, made.lengths);
+    let documents = chosen
+        .iter()
+        .map(|&i| files[i].file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    finish(
+        spec, dataset, split, recipe, &path, &sidecar, documents, tokens, ids, lengths,
+    )
+}
+
+/// The id space stored tokens live in: the vocabulary, plus the mask the model appends when the
+/// tokenizer has none.
+pub fn id_space(tokenizer: &dyn Tokenizer) -> usize {
+    tokenizer.vocab_size() + usize::from(tokenizer.mask_id().is_none())
+}
+
+/// Writes the blocks and then the sidecar, and maps the result.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    spec: &DataSpec,
+    dataset: &str,
+    split: Split,
+    recipe: Recipe,
+    path: &Path,
+    sidecar: &Path,
+    documents: Vec<String>,
+    tokens: usize,
+    ids: Vec<u32>,
+    lengths: Option<Vec<u32>>,
+) -> Result<(TokenBlocks, PreparedMeta)> {
     let blocks = ids.len() / spec.block_size;
     if blocks == 0 {
         bail!(
@@ -307,26 +410,23 @@ fn prepare_split(
         );
     }
     write_blocks(
-        &path,
+        path,
         &ids,
         spec.block_size,
-        tokenizer.vocab_size(),
+        recipe.vocab_size,
         lengths.as_deref(),
     )?;
     let meta = PreparedMeta {
         recipe,
-        documents: chosen
-            .iter()
-            .map(|&i| files[i].file_name().unwrap().to_string_lossy().into_owned())
-            .collect(),
+        documents,
         tokens,
         blocks,
         made_by: format!("mdlm {} data::prepare", env!("CARGO_PKG_VERSION")),
     };
     // The sidecar goes last: a .bin without a matching sidecar is never trusted.
-    write_atomic(&sidecar, serde_json::to_string_pretty(&meta)?.as_bytes())?;
+    write_atomic(sidecar, serde_json::to_string_pretty(&meta)?.as_bytes())?;
     tracing::info!(path = %path.display(), documents = meta.documents.len(), tokens, blocks, "prepared data");
-    Ok((TokenBlocks::open(&path)?, meta))
+    Ok((TokenBlocks::open(path)?, meta))
 }
 
 fn reuse(path: &Path, sidecar: &Path, recipe: &Recipe) -> Result<(TokenBlocks, PreparedMeta)> {

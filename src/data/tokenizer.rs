@@ -15,4 +15,22 @@ pub trait Tokenizer: Send + Sync {
     fn mask_id(&self) -> Option<u32>;
     fn encode(&self, text: &str) -> Vec<u32>;
     fn decode(&self, ids: &[u32]) -> String;
+
+    /// The BOS and EOS ids the wrap path uses. The reference computes them as
+    /// `tokenizer.encode(token)[0]` (with special tokens), so for BERT both are `[CLS]`; for
+    /// tokenizers that add no special tokens that is just BOS and EOS.
+    fn wrap_ids(&self) -> (u32, u32) {
+        (self.bos_id(), self.eos_id())
+    }
+
+    /// The (first, last) ids encoding *with* special tokens puts around one sequence, if any: the
+    /// `wrap=False` path truncates to leave room for them and keeps them (`[CLS] ids [SEP]`).
+    fn special_tokens_around(&self) -> Option<(u32, u32)> {
+        None
+    }
+
+    /// Everything that fixes this tokenizer's output, recorded in prepared-data recipes.
+    fn identity(&self) -> String {
+        format!("{}:vocab {}", self.name(), self.vocab_size())
+    }
 }
