@@ -31,6 +31,17 @@ pub enum Command {
     PplEval(Overrides),
     /// Sample from a checkpoint (mode=sample_eval).
     SampleEval(Overrides),
+    /// Write `eval.checkpoint_path` as a Hugging Face MDLM folder (config.json + model.safetensors).
+    ExportHf(ExportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// The folder to write.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub overrides: Overrides,
 }
 
 #[derive(clap::Args, Debug)]
@@ -46,6 +57,8 @@ impl Cli {
             Command::Train(_) => "train",
             Command::PplEval(_) => "ppl_eval",
             Command::SampleEval(_) => "sample_eval",
+            // Not a mode of the reference: it loads a checkpoint the way sample-eval does.
+            Command::ExportHf(_) => "sample_eval",
         }
     }
 
@@ -53,6 +66,7 @@ impl Cli {
     pub fn config(&self) -> Result<Config> {
         let user = match &self.command {
             Command::Train(o) | Command::PplEval(o) | Command::SampleEval(o) => &o.overrides,
+            Command::ExportHf(e) => &e.overrides.overrides,
         };
         let mode = self.mode();
         if let Some(m) = user.iter().find_map(|o| o.strip_prefix("mode=")) {

@@ -38,5 +38,6 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Train(_) => mdlm::cmd::train::run(cfg).map(|_| ()),
         Command::PplEval(_) => mdlm::cmd::ppl_eval::run(cfg).map(|_| ()),
         Command::SampleEval(_) => mdlm::cmd::sample_eval::run(cfg).map(|_| ()),
+        Command::ExportHf(ref e) => mdlm::cmd::export_hf::run(cfg, &e.out),
     }
 }

@@ -1,6 +1,7 @@
 //! One file per subcommand: glue from the resolved config to the library, and the only place
 //! (with progress bars) that prints to the terminal.
 
+pub mod export_hf;
 pub mod ppl_eval;
 pub mod sample_eval;
 pub mod setup;

@@ -15,10 +15,11 @@ pub fn run(cfg: Config) -> Result<NllMeter> {
         run_dir,
     } = setup::start(cfg)?;
     let data = setup::prepare_data(&cfg)?;
-    let (vocab_size, mask_index) = setup::vocab(data.tokenizer.as_ref());
-    let diffusion = setup::diffusion(&cfg, vocab_size, mask_index)?;
-    let model = setup::build_model(&cfg, vocab_size, device)?;
-    let ckpt = setup::load_eval_weights(&cfg, &model)?;
+    let setup::EvalModel {
+        model,
+        diffusion,
+        source,
+    } = setup::eval_model(&cfg, data.tokenizer.as_ref(), device)?;
     let eval_batch = cfg
         .loader
         .eval_batch_size
@@ -28,7 +29,7 @@ pub fn run(cfg: Config) -> Result<NllMeter> {
     let m = trainer::validate(&model, &diffusion, &mut valid, n, cfg.seed)?;
     println!(
         "{} on {} ({} batches, {} tokens): nll {:.4} | bpd {:.4} | ppl {:.3}",
-        ckpt.display(),
+        source,
         cfg.data.valid,
         n,
         m.tokens,
@@ -37,7 +38,7 @@ pub fn run(cfg: Config) -> Result<NllMeter> {
         m.ppl()
     );
     let path = run_dir.join("metrics.jsonl");
-    std::fs::write(&path, format!("{}\n", json!({"checkpoint": ckpt, "val/nll": m.nll(), "val/bpd": m.bpd(), "val/ppl": m.ppl(), "tokens": m.tokens})))
+    std::fs::write(&path, format!("{}\n", json!({"checkpoint": source, "val/nll": m.nll(), "val/bpd": m.bpd(), "val/ppl": m.ppl(), "tokens": m.tokens})))
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(m)
 }

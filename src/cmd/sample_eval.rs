@@ -27,10 +27,12 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
         run_dir,
     } = setup::start(cfg)?;
     let tokenizer = crate::data::tokenizer_by_name(&cfg.data.tokenizer_name_or_path)?;
-    let (vocab_size, mask_index) = setup::vocab(tokenizer.as_ref());
-    let diffusion = setup::diffusion(&cfg, vocab_size, mask_index)?;
-    let model = setup::build_model(&cfg, vocab_size, device)?;
-    let ckpt = setup::load_eval_weights(&cfg, &model)?;
+    let setup::EvalModel {
+        model,
+        diffusion,
+        source,
+    } = setup::eval_model(&cfg, tokenizer.as_ref(), device)?;
+    let mask_index = diffusion.mask_index;
     let batch = cfg
         .loader
         .eval_batch_size
@@ -143,7 +145,7 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
     println!(
         "{} samples of {length} tokens from {} with {what}: {seconds:.2} s, {forward_calls} denoiser calls ({} gumbel); written to {}",
         texts.len(),
-        ckpt.display(),
+        source,
         if cfg.sampling.float64_gumbel {
             "float64"
         } else {

@@ -40,9 +40,12 @@ pub fn start(mut cfg: Config) -> Result<Run> {
 
 /// Settings this build does not implement yet fail here, before any work, naming the key.
 fn check_supported(cfg: &Config) -> Result<()> {
-    if !matches!(cfg.backbone, config::Backbone::Dit | config::Backbone::Ar) {
+    if !matches!(
+        cfg.backbone,
+        config::Backbone::Dit | config::Backbone::Ar | config::Backbone::HfDit
+    ) {
         bail!(
-            "backbone={} is not implemented yet in this build (available: dit, ar)",
+            "backbone={} is not implemented yet in this build (available: dit, ar, hf_dit)",
             cfg.backbone
         );
     }
@@ -163,9 +166,107 @@ pub fn build_model(cfg: &Config, vocab_size: i64, device: Device) -> Result<Mode
     })
 }
 
+/// A model ready to evaluate or sample, with the diffusion settings that go with it.
+pub struct EvalModel {
+    pub model: Model,
+    pub diffusion: Diffusion,
+    /// What was loaded, for reports.
+    pub source: String,
+}
+
+/// Loads `eval.checkpoint_path` for ppl-eval / sample-eval / export, whatever its kind:
+/// - `backbone=hf_dit`: a Hugging Face MDLM (a repo id in the offline hub cache, or a folder);
+/// - a `.ckpt` file: the reference's Lightning checkpoint (read without executing its pickle);
+/// - otherwise our own safetensors checkpoint.
+///
+/// EMA weights unless `eval.disable_ema`, as the reference evaluates and samples.
+pub fn eval_model(
+    cfg: &Config,
+    tokenizer: &dyn data::Tokenizer,
+    device: Device,
+) -> Result<EvalModel> {
+    let (vocab_size, mask_index) = vocab(tokenizer);
+    let path = cfg.eval.checkpoint_path.as_str();
+    if path.is_empty() {
+        bail!(
+            "eval.checkpoint_path is empty; pass eval.checkpoint_path=<run>/checkpoints/last.safetensors (or a .ckpt file, or an HF MDLM with backbone=hf_dit)"
+        );
+    }
+    let precision = precision(cfg, device)?;
+    if cfg.backbone == config::Backbone::HfDit {
+        let hf = crate::checkpoint::hf::load(path)?;
+        if hf.config.vocab_size != vocab_size {
+            bail!(
+                "{path}: the checkpoint's vocabulary has {} entries, data.tokenizer_name_or_path={} gives {vocab_size} (mask included)",
+                hf.config.vocab_size,
+                cfg.data.tokenizer_name_or_path
+            );
+        }
+        if hf.config.model_length != cfg.model.length as i64 {
+            tracing::warn!(
+                checkpoint = hf.config.model_length,
+                config = cfg.model.length,
+                "model.length differs from the checkpoint's model_length"
+            );
+        }
+        let vs = tch::nn::VarStore::new(device);
+        let dit =
+            crate::checkpoint::hf::load_dit(&vs, &hf.config.dit_config(), &hf.tensors, precision)?;
+        let mut diffusion = diffusion(cfg, vocab_size, mask_index)?;
+        diffusion.time_conditioning = hf.config.time_conditioning;
+        let source = format!("{} (Hugging Face MDLM)", hf.dir.display());
+        return Ok(EvalModel {
+            model: Model {
+                vs,
+                net: crate::model::Net::Dit(dit),
+            },
+            diffusion,
+            source,
+        });
+    }
+    let model = build_model(cfg, vocab_size, device)?;
+    let diffusion = diffusion(cfg, vocab_size, mask_index)?;
+    let p = PathBuf::from(path);
+    if p.extension().is_some_and(|e| e == "ckpt") {
+        load_lightning(cfg, &model, &p)?;
+        return Ok(EvalModel {
+            model,
+            diffusion,
+            source: format!("{path} (Lightning checkpoint)"),
+        });
+    }
+    load_eval_weights(cfg, &model)?;
+    Ok(EvalModel {
+        model,
+        diffusion,
+        source: path.to_string(),
+    })
+}
+
+fn load_lightning(cfg: &Config, model: &Model, path: &std::path::Path) -> Result<()> {
+    let ck = crate::checkpoint::lightning::read(path)?;
+    let weights = if cfg.eval.disable_ema {
+        ck.state_dict
+            .iter()
+            .map(|(k, v)| (k.clone(), v.shallow_clone()))
+            .collect()
+    } else {
+        let order = crate::checkpoint::lightning::dit_parameter_order(cfg.model.n_blocks as i64);
+        ck.ema_state_dict(&order)
+            .with_context(|| format!("{}: EMA weights", path.display()))?
+    };
+    crate::backbone::load::load_strict(&model.vs, &weights, "backbone.").with_context(|| {
+        format!(
+            "Lightning checkpoint {} does not fit model={}",
+            path.display(),
+            cfg.model.name
+        )
+    })
+}
+
 /// Loads `eval.checkpoint_path` into `model`: the EMA weights unless `eval.disable_ema`, as the
 /// reference evaluates and samples.
-pub fn load_eval_weights(cfg: &Config, model: &Model) -> Result<PathBuf> {
+fn load_eval_weights(cfg: &Config, model: &Model) -> Result<PathBuf> {
     if cfg.eval.checkpoint_path.is_empty() {
         bail!(
             "eval.checkpoint_path is empty; pass eval.checkpoint_path=<run>/checkpoints/last.safetensors"
