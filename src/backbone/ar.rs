@@ -11,7 +11,7 @@
 //! Unlike the reference's `AR.forward`, this returns raw logits; the mask-column overwrite and
 //! `log_softmax` live in `diffusion::ar`, next to the other parameterizations.
 
-use super::layers::{LayerNorm, Linear, apply_rotary, rotary_tables};
+use super::layers::{LayerNorm, Linear, apply_rotary, rotary_inv_freq, rotary_tables};
 use super::{Backbone, DitConfig, Precision};
 use tch::{Device, Kind, Tensor, nn};
 
@@ -265,14 +265,7 @@ impl Ar {
                 up: bound,
             },
         );
-        // A buffer in the reference's state dict; kept out of the trainable set.
-        let dh = cfg.head_dim();
-        let inv_freq = (&p / "rotary_emb").zeros_no_train("inv_freq", &[dh / 2]);
-        tch::no_grad(|| {
-            let j = Tensor::arange_start_step(0, dh, 2, (Kind::Float, inv_freq.device()));
-            let v = (j / dh as f64 * cfg.rotary_base.ln()).exp().reciprocal();
-            inv_freq.shallow_clone().copy_(&v);
-        });
+        let inv_freq = rotary_inv_freq(&p / "rotary_emb", cfg.head_dim(), cfg.rotary_base);
         let blocks_p = &p / "blocks";
         let blocks = (0..cfg.n_blocks)
             .map(|i| Block::new(&blocks_p / i, cfg))

@@ -2,7 +2,9 @@
 //! used by MDLM). Mirrors the reference's `models/dit.py` (`DIT`, `DDiTBlock`, `DDitFinalLayer`);
 //! parameter paths equal its state-dict names under the caller's prefix (`backbone`).
 
-use super::layers::{LayerNorm, Linear, TimestepEmbedder, apply_rotary, modulate, rotary_tables};
+use super::layers::{
+    LayerNorm, Linear, TimestepEmbedder, apply_rotary, modulate, rotary_inv_freq, rotary_tables,
+};
 use super::{Backbone, Precision};
 use tch::{Kind, Tensor, nn};
 
@@ -151,14 +153,7 @@ impl Dit {
         );
         let sigma_map =
             TimestepEmbedder::new(&p / "sigma_map", cfg.cond_dim, cfg.frequency_embedding_size);
-        // A buffer in the reference's state dict; kept out of the trainable set.
-        let dh = cfg.head_dim();
-        let inv_freq = (&p / "rotary_emb").zeros_no_train("inv_freq", &[dh / 2]);
-        tch::no_grad(|| {
-            let j = Tensor::arange_start_step(0, dh, 2, (Kind::Float, inv_freq.device()));
-            let v = (j / dh as f64 * cfg.rotary_base.ln()).exp().reciprocal();
-            inv_freq.shallow_clone().copy_(&v);
-        });
+        let inv_freq = rotary_inv_freq(&p / "rotary_emb", cfg.head_dim(), cfg.rotary_base);
         let blocks_p = &p / "blocks";
         let blocks = (0..cfg.n_blocks)
             .map(|i| Block::new(&blocks_p / i, cfg))

@@ -127,3 +127,15 @@ pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     let x2 = x.narrow(3, d / 2, d / 2);
     Tensor::cat(&[&x1 * &cos - &x2 * &sin, &x1 * &sin + &x2 * &cos], 3)
 }
+
+/// The rotary frequencies `1 / base^(2j / head_dim)`: a buffer in the reference's state dict
+/// (`rotary_emb.inv_freq`), so it is a variable here too, kept out of the trainable set.
+pub fn rotary_inv_freq(p: nn::Path, head_dim: i64, base: f64) -> Tensor {
+    let inv_freq = p.zeros_no_train("inv_freq", &[head_dim / 2]);
+    tch::no_grad(|| {
+        let j = Tensor::arange_start_step(0, head_dim, 2, (Kind::Float, inv_freq.device()));
+        let v = (j / head_dim as f64 * base.ln()).exp().reciprocal();
+        inv_freq.shallow_clone().copy_(&v);
+    });
+    inv_freq
+}

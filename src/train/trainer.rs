@@ -166,6 +166,22 @@ pub fn train(
         step += 1;
         last_loss = loss;
 
+        let save_at = |path: &Path, best: Option<f64>| {
+            let loader = train_loader.state();
+            save(
+                plan,
+                path,
+                &params,
+                &opt,
+                &ema,
+                &Snapshot {
+                    step,
+                    batches,
+                    best,
+                    loader,
+                },
+            )
+        };
         let tps = tokens_done / started.elapsed().as_secs_f64().max(1e-9);
         bar.set_position(step);
         bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {:.0} tok/s", tps));
@@ -210,19 +226,7 @@ pub fn train(
             if plan.keep_best && best.is_none_or(|b| m.nll() < b) {
                 best = Some(m.nll());
                 let path = plan.ckpt_dir.join("best.safetensors");
-                save(
-                    plan,
-                    &path,
-                    &params,
-                    &opt,
-                    &ema,
-                    &Snapshot {
-                        step,
-                        batches,
-                        best,
-                        loader: train_loader.state(),
-                    },
-                )?;
+                save_at(&path, best)?;
             }
             last_val = Some(m);
         }
@@ -231,34 +235,10 @@ pub fn train(
         if periodic || step == end {
             if periodic {
                 let path = plan.ckpt_dir.join(format!("step-{step:07}.safetensors"));
-                save(
-                    plan,
-                    &path,
-                    &params,
-                    &opt,
-                    &ema,
-                    &Snapshot {
-                        step,
-                        batches,
-                        best,
-                        loader: train_loader.state(),
-                    },
-                )?;
+                save_at(&path, best)?;
             }
             let path = plan.ckpt_dir.join("last.safetensors");
-            save(
-                plan,
-                &path,
-                &params,
-                &opt,
-                &ema,
-                &Snapshot {
-                    step,
-                    batches,
-                    best,
-                    loader: train_loader.state(),
-                },
-            )?;
+            save_at(&path, best)?;
             last_checkpoint = Some(path);
         }
     }
