@@ -4,11 +4,10 @@
 //! looked up in the local hub cache, a path is used as it is.
 
 use super::atomic::write_atomically;
-use super::native::{dtype_of, write_tensor};
+use super::native::write_tensor;
 use crate::backbone::load::load_strict;
 use crate::backbone::{Dit, DitConfig, Precision};
 use anyhow::{Context, Result, anyhow, bail};
-use safetensors::tensor::{Metadata, TensorInfo};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -197,44 +196,8 @@ pub fn export_hf(dir: &Path, config: &HfMdlmConfig, tensors: &[(String, Tensor)]
     })
 }
 
-/// A plain safetensors header (`{"format": "pt"}` metadata, as `save_pretrained` writes) and the
-/// order the tensor data must follow: largest element size first, then by name, as the
-/// safetensors crate lays them out, so every tensor starts aligned to its element size.
+/// A plain safetensors header: `{"format": "pt"}` metadata, as `save_pretrained` writes.
 fn safetensors_header(tensors: &[(String, Tensor)]) -> Result<(Vec<u8>, Vec<usize>)> {
-    let dtypes = tensors
-        .iter()
-        .map(|(name, t)| dtype_of(t.kind()).with_context(|| format!("tensor {name}")))
-        .collect::<Result<Vec<_>>>()?;
-    let mut order: Vec<usize> = (0..tensors.len()).collect();
-    order.sort_by(|&a, &b| {
-        dtypes[b]
-            .cmp(&dtypes[a])
-            .then_with(|| tensors[a].0.cmp(&tensors[b].0))
-    });
-    let mut seen = std::collections::HashSet::new();
-    for (name, _) in tensors {
-        if !seen.insert(name.as_str()) {
-            bail!("tensor name {name} appears twice");
-        }
-    }
-    let mut offset = 0usize;
-    let mut infos = Vec::with_capacity(tensors.len());
-    for &i in &order {
-        let (name, t) = &tensors[i];
-        let n = t.numel() * t.kind().elt_size_in_bytes();
-        infos.push((
-            name.clone(),
-            TensorInfo {
-                dtype: dtypes[i],
-                shape: t.size().iter().map(|&d| d as usize).collect(),
-                data_offsets: (offset, offset + n),
-            },
-        ));
-        offset += n;
-    }
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let metadata = Metadata::new(Some(metadata), infos).map_err(|e| anyhow!("{e}"))?;
-    let mut header = serde_json::to_vec(&metadata)?;
-    header.resize(header.len().next_multiple_of(8), b' ');
-    Ok((header, order))
+    super::native::safetensors_header(tensors, metadata)
 }

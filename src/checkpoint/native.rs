@@ -39,7 +39,7 @@ impl Checkpoint {
     }
 }
 
-pub(super) fn dtype_of(kind: Kind) -> Result<Dtype> {
+fn dtype_of(kind: Kind) -> Result<Dtype> {
     Ok(match kind {
         Kind::Bool => Dtype::BOOL,
         Kind::Uint8 => Dtype::U8,
@@ -115,11 +115,27 @@ fn save_impl(
     .with_context(context)
 }
 
-/// The safetensors header (padded to 8 bytes) and the order in which tensor data must follow.
+/// The header of our checkpoint format: safetensors with our metadata.
 fn header_bytes(
     tensors: &[(String, Tensor)],
     state: &Value,
     config_yaml: &str,
+) -> Result<(Vec<u8>, Vec<usize>)> {
+    let metadata = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("version".to_string(), VERSION.to_string()),
+        ("state".to_string(), serde_json::to_string(state)?),
+        ("config".to_string(), config_yaml.to_string()),
+    ]);
+    safetensors_header(tensors, metadata)
+}
+
+/// A safetensors header (padded to 8 bytes) with `metadata`, and the order in which tensor data
+/// must follow: largest element size first, then by name, as the safetensors crate lays them out,
+/// so every tensor's data starts aligned to its element size.
+pub(super) fn safetensors_header(
+    tensors: &[(String, Tensor)],
+    metadata: HashMap<String, String>,
 ) -> Result<(Vec<u8>, Vec<usize>)> {
     let mut seen = HashSet::new();
     for (name, _) in tensors {
@@ -131,8 +147,6 @@ fn header_bytes(
         .iter()
         .map(|(name, t)| dtype_of(t.kind()).with_context(|| format!("tensor {name}")))
         .collect::<Result<Vec<_>>>()?;
-    // Largest element size first, as the safetensors crate does, so every tensor's data starts
-    // aligned to its element size.
     let mut order: Vec<usize> = (0..tensors.len()).collect();
     order.sort_by(|&a, &b| {
         dtypes[b]
@@ -154,12 +168,6 @@ fn header_bytes(
         ));
         offset += n;
     }
-    let metadata = HashMap::from([
-        ("format".to_string(), FORMAT.to_string()),
-        ("version".to_string(), VERSION.to_string()),
-        ("state".to_string(), serde_json::to_string(state)?),
-        ("config".to_string(), config_yaml.to_string()),
-    ]);
     let metadata = Metadata::new(Some(metadata), infos).map_err(|e| anyhow!("{e}"))?;
     let mut header = serde_json::to_vec(&metadata)?;
     header.resize(header.len().next_multiple_of(8), b' ');
