@@ -4,28 +4,20 @@
 //! `cargo bench --bench ar` (set `MDLM_BENCH_DEVICE=cuda` on a GPU box; `MDLM_BENCH_QUICK=1` for
 //! a smoke run at a shorter length).
 
-use mdlm::backbone::{Ar, ArConfig, Precision};
+mod common;
+
+use common::sync;
+use mdlm::backbone::{Ar, ArConfig};
 use mdlm::sample::ar::{ArSampleSpec, ArSampler, ReplayGumbel, sample_ar};
 use std::time::Instant;
-use tch::{Device, Kind, Tensor, nn};
-
-fn sync(device: Device) {
-    if let Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
-    }
-}
+use tch::{Kind, Tensor, nn};
 
 fn main() {
-    let device = match std::env::var("MDLM_BENCH_DEVICE").as_deref() {
-        Ok("cuda") => Device::Cuda(0),
-        _ => Device::Cpu,
-    };
-    let quick = std::env::var_os("MDLM_BENCH_QUICK").is_some();
-    let precision = if device.is_cuda() {
-        Precision::Bf16
-    } else {
-        Precision::F32
-    };
+    let common::Env {
+        device,
+        precision,
+        quick,
+    } = common::env();
     // The reference's `tiny` width (512 / 8 blocks / 8 heads) with the GPT-2 vocabulary + mask.
     let cfg = ArConfig {
         vocab_size: 50258,

@@ -5,13 +5,16 @@
 //! `cargo bench --bench dit` (set `MDLM_BENCH_DEVICE=cuda` on a GPU box; `MDLM_BENCH_QUICK=1` for
 //! a smoke run).
 
-use mdlm::backbone::{Backbone, Dit, DitConfig, Precision};
+mod common;
+
+use common::{sync, time};
+use mdlm::backbone::{Backbone, Dit, DitConfig};
 use mdlm::diffusion::{Diffusion, Draws, Noise, Parameterization};
 use mdlm::sample::categorical::TorchUniforms;
 use mdlm::sample::ddpm::DrawMode;
 use mdlm::sample::{self, ModelDenoiser, Predictor, SampleSpec};
 use std::time::Instant;
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Kind, Tensor, nn};
 
 struct Shape {
     name: &'static str,
@@ -54,36 +57,12 @@ fn diffusion(vocab: i64) -> Diffusion {
     }
 }
 
-fn sync(device: Device) {
-    if let Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
-    }
-}
-
-fn time<F: FnMut()>(device: Device, warmup: usize, iters: usize, mut f: F) -> f64 {
-    for _ in 0..warmup {
-        f();
-    }
-    sync(device);
-    let start = Instant::now();
-    for _ in 0..iters {
-        f();
-    }
-    sync(device);
-    start.elapsed().as_secs_f64() / iters as f64
-}
-
 fn main() {
-    let device = match std::env::var("MDLM_BENCH_DEVICE").as_deref() {
-        Ok("cuda") => Device::Cuda(0),
-        _ => Device::Cpu,
-    };
-    let quick = std::env::var_os("MDLM_BENCH_QUICK").is_some();
-    let precision = if device.is_cuda() {
-        Precision::Bf16
-    } else {
-        Precision::F32
-    };
+    let common::Env {
+        device,
+        precision,
+        quick,
+    } = common::env();
     let scale = if device.is_cuda() { 8 } else { 1 };
     let shapes = [
         // The reference's `tiny` (512/8/8) and `small` (768/12/12) widths with the GPT-2 vocabulary.

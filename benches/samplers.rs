@@ -6,49 +6,27 @@
 //! `cargo bench --bench samplers` (`MDLM_BENCH_DEVICE=cuda` on a GPU box; `MDLM_BENCH_QUICK=1`
 //! for a smoke run).
 
-use mdlm::backbone::{Dit, DitConfig, Precision};
+mod common;
+
+use common::{sync, time};
+use mdlm::backbone::{Dit, DitConfig};
 use mdlm::diffusion::{Diffusion, Noise, Parameterization};
 use mdlm::sample::categorical::TorchUniforms;
 use mdlm::sample::semi_ar::{self, SemiArSpec};
 use mdlm::sample::{ModelDenoiser, analytic, ddpm, ddpm_cache};
 use std::time::Instant;
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Kind, Tensor, nn};
 
 const VOCAB: i64 = 50258;
 const LENGTH: i64 = 128;
 const BATCH: i64 = 4;
 
-fn sync(device: Device) {
-    if let Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
-    }
-}
-
-/// Mean seconds per call after `warmup` untimed calls.
-fn time<F: FnMut()>(device: Device, warmup: usize, iters: usize, mut f: F) -> f64 {
-    for _ in 0..warmup {
-        f();
-    }
-    sync(device);
-    let start = Instant::now();
-    for _ in 0..iters {
-        f();
-    }
-    sync(device);
-    start.elapsed().as_secs_f64() / iters as f64
-}
-
 fn main() {
-    let device = match std::env::var("MDLM_BENCH_DEVICE").as_deref() {
-        Ok("cuda") => Device::Cuda(0),
-        _ => Device::Cpu,
-    };
-    let quick = std::env::var_os("MDLM_BENCH_QUICK").is_some();
-    let precision = if device.is_cuda() {
-        Precision::Bf16
-    } else {
-        Precision::F32
-    };
+    let common::Env {
+        device,
+        precision,
+        quick,
+    } = common::env();
     let (warmup, iters) = match (quick, device.is_cuda()) {
         (true, _) => (1, 1),
         (false, false) => (1, 3),
