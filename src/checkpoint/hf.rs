@@ -86,7 +86,8 @@ pub fn resolve(repo_or_dir: &str) -> Result<PathBuf> {
 /// Looks `repo_id` up in the hub cache at `cache_dir` without touching the network. Both files
 /// must be in the snapshot.
 pub fn resolve_in(cache_dir: &Path, repo_id: &str) -> Result<PathBuf> {
-    if repo_id.split('/').count() != 2 || repo_id.split('/').any(str::is_empty) {
+    // Legacy ids have no owner (`gpt2-large`); anything else is `owner/name`.
+    if repo_id.split('/').count() > 2 || repo_id.split('/').any(str::is_empty) {
         bail!("'{repo_id}' is neither an existing folder nor a Hugging Face repo id (owner/name)");
     }
     let cache = hf_hub::Cache::new(cache_dir.to_path_buf());

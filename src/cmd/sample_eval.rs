@@ -153,6 +153,26 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
         },
         path.display()
     );
+    if cfg.eval.compute_generative_perplexity {
+        let name = &cfg.eval.gen_ppl_eval_model_name_or_path;
+        let r = crate::eval::gen_ppl::evaluate(
+            name,
+            &texts,
+            cfg.model.length,
+            cfg.eval.perplexity_batch_size,
+            device,
+        )?;
+        println!(
+            "gen ppl {:.3} under {name} ({} samples scored) | mean unigram entropy {:.3} nats",
+            r.gen_ppl, r.samples_scored, r.unigram_entropy
+        );
+        let metrics = run_dir.join("metrics.jsonl");
+        std::fs::write(
+            &metrics,
+            format!("{}\n", json!({"gen_ppl": r.gen_ppl, "evaluator": name, "samples_scored": r.samples_scored, "unigram_entropy": r.unigram_entropy})),
+        )
+        .with_context(|| format!("writing {}", metrics.display()))?;
+    }
     Ok(SampleReport {
         texts,
         forward_calls,
