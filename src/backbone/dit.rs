@@ -187,3 +187,56 @@ impl Backbone for Dit {
         self.output_layer.forward(&x, &c, kind).to_kind(Kind::Float)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    /// The bf16 path (what CUDA runs under `trainer.precision=bf16`) runs on CPU too and stays
+    /// close to float32: same weights, logits within bf16 rounding.
+    #[test]
+    fn bf16_matches_float32_within_bf16_rounding() {
+        let cfg = DitConfig {
+            vocab_size: 20,
+            hidden_size: 32,
+            cond_dim: 16,
+            n_blocks: 2,
+            n_heads: 4,
+            dropout: 0.0,
+            mlp_ratio: 4,
+            frequency_embedding_size: 256,
+            rotary_base: 10_000.0,
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let f32_model = Dit::new(vs.root() / "backbone", &cfg, Precision::F32);
+        // Non-zero adaLN and output layers, so every path contributes.
+        tch::no_grad(|| {
+            for (i, (_, v)) in vs.variables().iter().enumerate() {
+                let n = v.numel() as i64;
+                let vals =
+                    (Tensor::arange(n, (Kind::Float, Device::Cpu)) * 0.37 + i as f64).sin() * 0.2;
+                v.shallow_clone().copy_(&vals.view_as(v));
+            }
+        });
+        let bf16_model = Dit::new(vs.root() / "backbone2", &cfg, Precision::Bf16);
+        let vs2 = vs.variables();
+        tch::no_grad(|| {
+            for (name, v) in &vs2 {
+                if let Some(rest) = name.strip_prefix("backbone2.") {
+                    v.shallow_clone().copy_(&vs2[&format!("backbone.{rest}")]);
+                }
+            }
+        });
+        let ids = Tensor::from_slice(&[1i64, 5, 7, 19, 0, 3, 3, 2]).view([2, 4]);
+        let sigma = Tensor::from_slice(&[0.5f32, 2.0]);
+        let a = f32_model.forward(&ids, &sigma, false);
+        let b = bf16_model.forward(&ids, &sigma, false);
+        assert_eq!(b.kind(), Kind::Float);
+        let scale = f64::try_from(a.abs().max()).unwrap();
+        let err = f64::try_from((&a - &b).abs().max()).unwrap();
+        assert!(scale > 0.1, "degenerate logits");
+        assert!(err < 0.05 * scale, "bf16 error {err} vs scale {scale}");
+        assert!(err > 0.0, "the bf16 path computed in float32");
+    }
+}
