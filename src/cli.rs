@@ -62,12 +62,43 @@ impl Cli {
         }
     }
 
+    /// One config per value of a comma-separated `data=a,b,c` (ppl-eval only: the zero-shot
+    /// table, like Hydra's multirun over the data group); otherwise exactly [`Cli::config`].
+    pub fn configs(&self) -> Result<Vec<Config>> {
+        let Command::PplEval(o) = &self.command else {
+            return Ok(vec![self.config()?]);
+        };
+        let Some(pos) = o
+            .overrides
+            .iter()
+            .position(|s| s.starts_with("data=") && s.contains(','))
+        else {
+            return Ok(vec![self.config()?]);
+        };
+        let options: Vec<String> = o.overrides[pos]["data=".len()..]
+            .split(',')
+            .map(str::to_string)
+            .collect();
+        options
+            .iter()
+            .map(|d| {
+                let mut overrides = o.overrides.clone();
+                overrides[pos] = format!("data={d}");
+                self.config_with(&overrides)
+            })
+            .collect()
+    }
+
     /// The subcommand selects `mode`; an explicit `mode=` that disagrees is an error.
     pub fn config(&self) -> Result<Config> {
         let user = match &self.command {
             Command::Train(o) | Command::PplEval(o) | Command::SampleEval(o) => &o.overrides,
             Command::ExportHf(e) => &e.overrides.overrides,
         };
+        self.config_with(user)
+    }
+
+    fn config_with(&self, user: &[String]) -> Result<Config> {
         let mode = self.mode();
         if let Some(m) = user.iter().find_map(|o| o.strip_prefix("mode=")) {
             if m != mode {

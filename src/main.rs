@@ -29,6 +29,14 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
+    if matches!(cli.command, Command::PplEval(_)) {
+        let cfgs = cli.configs()?;
+        if cli.cfg {
+            cfgs.iter().for_each(|c| print!("{}", c.to_yaml()));
+            return Ok(());
+        }
+        return mdlm::cmd::ppl_eval::run_all(cfgs);
+    }
     let cfg = cli.config()?;
     if cli.cfg {
         print!("{}", cfg.to_yaml());
@@ -36,8 +44,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Train(_) => mdlm::cmd::train::run(cfg).map(|_| ()),
-        Command::PplEval(_) => mdlm::cmd::ppl_eval::run(cfg).map(|_| ()),
         Command::SampleEval(_) => mdlm::cmd::sample_eval::run(cfg).map(|_| ()),
         Command::ExportHf(ref e) => mdlm::cmd::export_hf::run(cfg, &e.out),
+        Command::PplEval(_) => unreachable!("handled above"),
     }
 }
