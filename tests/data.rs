@@ -68,6 +68,7 @@ fn spec(cache: &Path, tokenizer: &str, block_size: usize) -> DataSpec {
         cache_dir: cache.to_path_buf(),
         wrap: true,
         block_size,
+        insert_valid_eos: true,
     }
 }
 
@@ -579,6 +580,7 @@ fn check_real_corpus(name: &str, src: &str, rows: Vec<String>, detok: Detokenize
         cache_dir: cache.0.clone(),
         wrap: true,
         block_size: 128,
+        insert_valid_eos: true,
     };
     let (blocks, meta, tok) = prepare_one(&spec, name, Split::Validation).unwrap();
     assert_eq!(tok.vocab_size(), 50257);
@@ -651,6 +653,7 @@ fn hf_prepared_file_is_reused_and_a_truncated_one_rebuilt() {
         cache_dir: cache.0.clone(),
         wrap: true,
         block_size: 64,
+        insert_valid_eos: true,
     };
     let (first, meta, _) = prepare_one(&spec, "ptb", Split::Validation).unwrap();
     let path = first.path().to_path_buf();
@@ -702,4 +705,41 @@ fn missing_hub_repo_names_the_repo_where_it_looked_and_the_fix() {
         msg.contains("HF_HUB_CACHE") && msg.contains("pass a path"),
         "{msg}"
     );
+}
+
+/// `data.insert_valid_eos=false` (the re-evaluation protocol): validation documents are joined
+/// without EOS, so EOS appears only where a block is wrapped; with the default, between documents
+/// too. The two layouts are cached under different names.
+#[test]
+fn insert_valid_eos_controls_document_separators() {
+    let cache = TempDir::new("noeos");
+    let raw = cache.0.join("lambada/raw");
+    std::fs::create_dir_all(&raw).unwrap();
+    std::fs::copy(
+        shared().join("lambada/lambada_test.jsonl"),
+        raw.join("lambada_test.jsonl"),
+    )
+    .unwrap();
+    let interior_eos = |insert: bool| -> (usize, usize) {
+        let mut s = spec(&cache.0, "char", 64);
+        s.insert_valid_eos = insert;
+        let (blocks, meta, tok) = prepare_one(&s, "lambada", Split::Validation).unwrap();
+        assert_eq!(meta.recipe.insert_eos, insert);
+        let eos = tok.eos_id();
+        let inner: usize = (0..blocks.len())
+            .map(|i| blocks.block(i)[1..63].iter().filter(|&&t| t == eos).count())
+            .sum();
+        (inner, blocks.len())
+    };
+    let (with, n_with) = interior_eos(true);
+    let (without, n_without) = interior_eos(false);
+    assert_eq!(without, 0);
+    assert!(with > 100, "{with} document separators");
+    // One fewer token per document: fewer blocks.
+    assert!(n_without < n_with);
+    let names: Vec<String> = std::fs::read_dir(cache.0.join("lambada"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().any(|n| n.ends_with("-noeos.bin")), "{names:?}");
 }

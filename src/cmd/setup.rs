@@ -60,6 +60,7 @@ pub fn data_spec(cfg: &Config) -> DataSpec {
         cache_dir: cfg.data.resolved_cache_dir(),
         wrap: cfg.data.wrap,
         block_size: cfg.model.length,
+        insert_valid_eos: cfg.data.insert_valid_eos,
     }
 }
 

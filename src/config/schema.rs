@@ -379,6 +379,9 @@ pub struct Data {
     pub cache_dir: Option<String>,
     pub wrap: bool,
     pub streaming: bool,
+    /// EOS after every validation document when wrapping: true is the MDLM paper's protocol,
+    /// false the later re-evaluation without it (the reference's successors' key).
+    pub insert_valid_eos: bool,
 }
 
 impl Data {

@@ -220,10 +220,13 @@ pub fn rows_to_blocks(
     wrap: bool,
     block_size: usize,
     map_batch_size: usize,
+    insert_eos: bool,
 ) -> Result<RowBlocks> {
     if wrap {
         let (bos, eos) = tokenizer.wrap_ids();
-        let docs = tokenize_rows(tokenizer, rows, Some(eos));
+        // The reference's `insert_eos`: EOS after every document (the MDLM paper's protocol);
+        // without it documents run into each other and only the block wrap adds BOS/EOS.
+        let docs = tokenize_rows(tokenizer, rows, insert_eos.then_some(eos));
         let tokens = docs.iter().map(Vec::len).sum();
         let ids = wrap_documents(&docs, block_size, bos, eos, map_batch_size)?;
         return Ok(RowBlocks {

@@ -45,6 +45,9 @@ pub struct DataSpec {
     pub cache_dir: PathBuf,
     pub wrap: bool,
     pub block_size: usize,
+    /// EOS after every validation document in the wrap path (`data.insert_valid_eos`); training
+    /// documents always get one, as in the reference.
+    pub insert_valid_eos: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +97,14 @@ pub struct Recipe {
     pub wrap: bool,
     /// The reference drops the wrap remainder once per `datasets.map` batch of this many documents.
     pub map_batch_size: usize,
+    /// EOS appended to every document before wrapping.
+    #[serde(default = "yes")]
+    pub insert_eos: bool,
     pub sources: Vec<SourceFile>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The JSON sidecar next to each `.bin`.
@@ -266,6 +276,7 @@ fn prepare_split(
     split: Split,
     tokenizer: &dyn Tokenizer,
 ) -> Result<(TokenBlocks, PreparedMeta)> {
+    let insert_eos = split == Split::Train || spec.insert_valid_eos;
     let corpus = Corpus::by_name(dataset);
     let files = match corpus {
         Some(c) => vec![c.find_split_file(dataset, raw, split)?],
@@ -297,6 +308,7 @@ fn prepare_split(
         block_size: spec.block_size,
         wrap: spec.wrap,
         map_batch_size: REFERENCE_MAP_BATCH_SIZE,
+        insert_eos,
         sources,
     };
     let path = prepared_path(
@@ -307,6 +319,16 @@ fn prepare_split(
         spec.wrap,
         split,
     );
+    let path = if insert_eos {
+        path
+    } else {
+        let stem = path
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        path.with_file_name(format!("{stem}-noeos.bin"))
+    };
     let sidecar = path.with_extension("json");
     match reuse(&path, &sidecar, &recipe) {
         Ok(found) => {
@@ -328,6 +350,7 @@ fn prepare_split(
             spec.wrap,
             spec.block_size,
             REFERENCE_MAP_BATCH_SIZE,
+            insert_eos,
         )?;
         let documents = vec![format!(
             "{} ({} rows)",
@@ -370,6 +393,7 @@ fn prepare_split(
         spec.wrap,
         spec.block_size,
         REFERENCE_MAP_BATCH_SIZE,
+        insert_eos,
     )?;
     let (tokens, ids, lengths) = (made.tokens, made.ids, made.lengths);
     let documents = chosen

@@ -482,7 +482,7 @@ pub fn data_pipeline(case: &Case) -> Result<()> {
         }
         ensure!(got.len() == want.len(), "token_ids_with_eos row count");
     }
-    let made = rows_to_blocks(&t, &detokenized, wrap, block_size, map_batch)?;
+    let made = rows_to_blocks(&t, &detokenized, wrap, block_size, map_batch, true)?;
     let n = (made.ids.len() / block_size) as i64;
     let input_ids = Tensor::from_slice(&made.ids.iter().map(|&v| v as i64).collect::<Vec<_>>())
         .view([n, block_size as i64]);
