@@ -84,25 +84,51 @@ pub fn resolve(repo_or_dir: &str) -> Result<PathBuf> {
 }
 
 /// Looks `repo_id` up in the hub cache at `cache_dir` without touching the network. Both files
-/// must be in the snapshot.
+/// must be in the snapshot. `owner/name@revision` picks a branch or tag (`refs/<revision>`) or a
+/// commit (`snapshots/<revision>`); without it, `main`.
 pub fn resolve_in(cache_dir: &Path, repo_id: &str) -> Result<PathBuf> {
+    let (repo_id, revision) = match repo_id.split_once('@') {
+        Some((r, v)) if !v.is_empty() => (r, Some(v)),
+        _ => (repo_id, None),
+    };
     // Legacy ids have no owner (`gpt2-large`); anything else is `owner/name`.
     if repo_id.split('/').count() > 2 || repo_id.split('/').any(str::is_empty) {
         bail!("'{repo_id}' is neither an existing folder nor a Hugging Face repo id (owner/name)");
     }
     let cache = hf_hub::Cache::new(cache_dir.to_path_buf());
-    let repo = cache.model(repo_id.to_string());
+    let repo = match revision {
+        Some(rev) => cache.repo(hf_hub::Repo::with_revision(
+            repo_id.to_string(),
+            hf_hub::RepoType::Model,
+            rev.to_string(),
+        )),
+        None => cache.model(repo_id.to_string()),
+    };
+    // A commit hash has no `refs/` entry; its snapshot folder is named after it.
+    let by_commit = |file: &str| -> Option<PathBuf> {
+        let rev = revision?;
+        let p = cache_dir
+            .join(format!("models--{}", repo_id.replace('/', "--")))
+            .join("snapshots")
+            .join(rev)
+            .join(file);
+        p.is_file().then_some(p)
+    };
+    let shown = match revision {
+        Some(rev) => format!("{repo_id}@{rev}"),
+        None => repo_id.to_string(),
+    };
     let mut dir = None;
     for file in [CONFIG_FILE, WEIGHTS_FILE] {
-        let Some(path) = repo.get(file) else {
+        let Some(path) = repo.get(file).or_else(|| by_commit(file)) else {
             bail!(
-                "{file} of '{repo_id}' is not in the Hugging Face cache {} (offline lookup; download it first, e.g. `huggingface-cli download {repo_id}`, or pass a local folder)",
+                "{file} of '{shown}' is not in the Hugging Face cache {} (offline lookup; download it first, e.g. `huggingface-cli download {repo_id}`, or pass a local folder)",
                 cache_dir.display()
             );
         };
         dir = path.parent().map(Path::to_path_buf);
     }
-    dir.ok_or_else(|| anyhow!("'{repo_id}': snapshot path has no parent"))
+    dir.ok_or_else(|| anyhow!("'{shown}': snapshot path has no parent"))
 }
 
 /// Reads `config.json` + `model.safetensors` from a folder.
