@@ -93,14 +93,38 @@ fn export_hf_then_evaluate_as_hf_dit() {
     assert_eq!(nll(&tmp.path().join("hfrepo")), own);
 
     // A revision: the commit the snapshot is named after resolves; an unknown one does not.
-    let mut r = args(&["ppl-eval", "backbone=hf_dit", "eval.checkpoint_path=someone/tiny-mdlm@0123abc"], tiny_overrides(&tmp.path().join("hfrev")));
+    let mut r = args(
+        &[
+            "ppl-eval",
+            "backbone=hf_dit",
+            "eval.checkpoint_path=someone/tiny-mdlm@0123abc",
+        ],
+        tiny_overrides(&tmp.path().join("hfrev")),
+    );
     r.sort_by_key(|s| s.starts_with("hydra"));
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mdlm")).args(&r).env("MDLM_CACHE", tmp.path()).env("HF_HUB_CACHE", &cache).output().unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mdlm"))
+        .args(&r)
+        .env("MDLM_CACHE", tmp.path())
+        .env("HF_HUB_CACHE", &cache)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(nll(&tmp.path().join("hfrev")), own);
-    let mut r = args(&["ppl-eval", "backbone=hf_dit", "eval.checkpoint_path=someone/tiny-mdlm@v9"], tiny_overrides(&tmp.path().join("hfbadrev")));
+    let mut r = args(
+        &[
+            "ppl-eval",
+            "backbone=hf_dit",
+            "eval.checkpoint_path=someone/tiny-mdlm@v9",
+        ],
+        tiny_overrides(&tmp.path().join("hfbadrev")),
+    );
     r.sort_by_key(|s| s.starts_with("hydra"));
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mdlm")).args(&r).env("MDLM_CACHE", tmp.path()).env("HF_HUB_CACHE", &cache).output().unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mdlm"))
+        .args(&r)
+        .env("MDLM_CACHE", tmp.path())
+        .env("HF_HUB_CACHE", &cache)
+        .output()
+        .unwrap();
     assert!(error_line(&o).contains("someone/tiny-mdlm@v9"));
 
     // A repo that is not in the cache: one line naming it.

@@ -58,12 +58,17 @@ fn sample_eval_from_a_reference_lightning_checkpoint() {
         a.extend(extra.map(String::from));
         let o = mdlm(tmp.path(), &a);
         assert!(o.status.success(), "{run}: {}", stderr(&o));
-        assert!(stdout(&o).contains("Lightning checkpoint"), "{}", stdout(&o));
-        let rows: Vec<serde_json::Value> = std::fs::read_to_string(tmp.path().join(run).join("samples.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        assert!(
+            stdout(&o).contains("Lightning checkpoint"),
+            "{}",
+            stdout(&o)
+        );
+        let rows: Vec<serde_json::Value> =
+            std::fs::read_to_string(tmp.path().join(run).join("samples.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
         assert_eq!(rows.len(), 2);
         for r in &rows {
             let toks = r["tokens"].as_array().unwrap();

@@ -117,6 +117,17 @@ pub fn dit_parameter_order(n_blocks: i64) -> Vec<String> {
     names
 }
 
+/// The AR baseline's parameter order: the DiT's layers in the same order, without the
+/// conditioning (`sigma_map`, `adaLN_modulation`) its causal blocks lack. Not pinned by a
+/// fixture; [`LightningCheckpoint::ema_state_dict`] checks every shape against the state dict,
+/// which catches most misorderings.
+pub fn ar_parameter_order(n_blocks: i64) -> Vec<String> {
+    dit_parameter_order(n_blocks)
+        .into_iter()
+        .filter(|n| !n.contains("sigma_map") && !n.contains("adaLN_modulation"))
+        .collect()
+}
+
 /// Reads a `.ckpt` file (memory-mapped; only `data.pkl` and the storages it names are touched).
 pub fn read(path: &Path) -> Result<LightningCheckpoint> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;

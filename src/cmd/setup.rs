@@ -252,7 +252,11 @@ fn load_lightning(cfg: &Config, model: &Model, path: &std::path::Path) -> Result
             .map(|(k, v)| (k.clone(), v.shallow_clone()))
             .collect()
     } else {
-        let order = crate::checkpoint::lightning::dit_parameter_order(cfg.model.n_blocks as i64);
+        let n = cfg.model.n_blocks as i64;
+        let order = match cfg.backbone {
+            config::Backbone::Ar => crate::checkpoint::lightning::ar_parameter_order(n),
+            _ => crate::checkpoint::lightning::dit_parameter_order(n),
+        };
         ck.ema_state_dict(&order)
             .with_context(|| format!("{}: EMA weights", path.display()))?
     };
