@@ -118,9 +118,10 @@ pub fn dit_parameter_order(n_blocks: i64) -> Vec<String> {
 }
 
 /// The AR baseline's parameter order: the DiT's layers in the same order, without the
-/// conditioning (`sigma_map`, `adaLN_modulation`) its causal blocks lack. Not pinned by a
-/// fixture; [`LightningCheckpoint::ema_state_dict`] checks every shape against the state dict,
-/// which catches most misorderings.
+/// conditioning (`sigma_map`, `adaLN_modulation`) its causal blocks lack — the registration
+/// order of the reference's `models/autoregressive.py` (`vocab_embed`, `blocks.i.{norm1,
+/// attn_qkv, attn_out, norm2, mlp}`, `output_layer.{norm_final, linear}`). No fixture pins it;
+/// [`LightningCheckpoint::ema_state_dict`] also checks every shape against the state dict.
 pub fn ar_parameter_order(n_blocks: i64) -> Vec<String> {
     dit_parameter_order(n_blocks)
         .into_iter()
