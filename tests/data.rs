@@ -743,3 +743,50 @@ fn insert_valid_eos_controls_document_separators() {
         .collect();
     assert!(names.iter().any(|n| n.ends_with("-noeos.bin")), "{names:?}");
 }
+
+/// Sharding for several ranks: within an epoch the ranks' blocks are disjoint, equal in number,
+/// and together the whole permutation but its remainder; eval shards cover every block once.
+#[test]
+fn sharded_loaders_split_each_epoch_between_ranks() {
+    let cache = cache_with(&PLAYS[..2]);
+    let prepared = prepare(&spec(&cache.0, "char", 128)).unwrap();
+    let n = prepared.train.len();
+    let world = 3;
+    let batch = 4;
+    let mut seen = std::collections::HashSet::new();
+    let mut per_rank = Vec::new();
+    for rank in 0..world {
+        let mut l = Loader::train(prepared.train.clone(), batch, 11)
+            .unwrap()
+            .shard(rank, world)
+            .unwrap();
+        let nb = l.num_batches();
+        per_rank.push(nb);
+        for _ in 0..nb {
+            for i in l.next_indices().unwrap() {
+                assert!(seen.insert(i), "block {i} dealt to two ranks");
+            }
+        }
+    }
+    assert!(per_rank.iter().all(|&b| b == per_rank[0]), "{per_rank:?}");
+    assert_eq!(seen.len(), per_rank[0] * batch * world);
+    assert!(seen.len() > n - world * batch - world);
+
+    let mut covered = vec![0usize; prepared.valid.len()];
+    for rank in 0..world {
+        let mut l = Loader::eval(prepared.valid.clone(), 5)
+            .unwrap()
+            .shard(rank, world)
+            .unwrap();
+        while let Some(ix) = l.next_indices() {
+            ix.iter().for_each(|&i| covered[i] += 1);
+        }
+    }
+    assert!(covered.iter().all(|&c| c == 1));
+    assert!(
+        Loader::train(prepared.train.clone(), batch, 11)
+            .unwrap()
+            .shard(3, 3)
+            .is_err()
+    );
+}

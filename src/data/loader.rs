@@ -42,9 +42,13 @@ pub struct Loader {
     device: Device,
     epoch: u64,
     cursor: usize,
-    /// The current epoch's block order (train only; cached so each batch is O(B)).
+    /// The current epoch's block order for this rank (cached so each batch is O(B)).
     order: Vec<u32>,
     order_epoch: Option<u64>,
+    /// This process's share of the data: position `p` of every epoch's order belongs to rank
+    /// `p % world` (as torch's DistributedSampler deals it), so ranks never overlap.
+    rank: usize,
+    world: usize,
 }
 
 impl Loader {
@@ -82,6 +86,35 @@ impl Loader {
             cursor: 0,
             order: Vec::new(),
             order_epoch: None,
+            rank: 0,
+            world: 1,
+        }
+    }
+
+    /// Restricts the loader to rank `rank` of `world`: each rank sees `len / world` blocks per
+    /// epoch (train; the remainder is dropped so all ranks take the same number of steps) or
+    /// every `world`-th block (eval).
+    pub fn shard(mut self, rank: usize, world: usize) -> Result<Loader> {
+        if world == 0 || rank >= world {
+            bail!("rank {rank} is outside a world of {world}");
+        }
+        self.rank = rank;
+        self.world = world;
+        self.order_epoch = None;
+        if matches!(self.mode, Mode::Train { .. }) && self.blocks_per_rank() < self.batch_size {
+            bail!(
+                "{} blocks shared by {world} ranks leave fewer than one batch of {} per rank",
+                self.blocks.len(),
+                self.batch_size
+            );
+        }
+        Ok(self)
+    }
+
+    fn blocks_per_rank(&self) -> usize {
+        match self.mode {
+            Mode::Train { .. } => self.blocks.len() / self.world,
+            Mode::Eval => (self.blocks.len() + self.world - 1 - self.rank) / self.world,
         }
     }
 
@@ -102,8 +135,8 @@ impl Loader {
     /// Batches per epoch (train: full batches only; eval: including the partial one).
     pub fn num_batches(&self) -> usize {
         match self.mode {
-            Mode::Train { .. } => self.blocks.len() / self.batch_size,
-            Mode::Eval => self.blocks.len().div_ceil(self.batch_size),
+            Mode::Train { .. } => self.blocks_per_rank() / self.batch_size,
+            Mode::Eval => self.blocks_per_rank().div_ceil(self.batch_size),
         }
     }
 
@@ -140,13 +173,14 @@ impl Loader {
     pub fn next_indices(&mut self) -> Option<Vec<usize>> {
         match self.mode {
             Mode::Eval => {
+                let n = self.blocks_per_rank();
                 let start = self.cursor * self.batch_size;
-                if start >= self.blocks.len() {
+                if start >= n {
                     return None;
                 }
-                let end = (start + self.batch_size).min(self.blocks.len());
+                let end = (start + self.batch_size).min(n);
                 self.cursor += 1;
-                Some((start..end).collect())
+                Some((start..end).map(|p| self.rank + p * self.world).collect())
             }
             Mode::Train { seed } => {
                 if self.cursor >= self.num_batches() {
@@ -154,7 +188,14 @@ impl Loader {
                     self.cursor = 0;
                 }
                 if self.order_epoch != Some(self.epoch) {
-                    self.order = permutation(self.blocks.len(), seed, self.epoch);
+                    let all = permutation(self.blocks.len(), seed, self.epoch);
+                    let n = self.blocks_per_rank();
+                    self.order = all
+                        .into_iter()
+                        .skip(self.rank)
+                        .step_by(self.world)
+                        .take(n)
+                        .collect();
                     self.order_epoch = Some(self.epoch);
                 }
                 let start = self.cursor * self.batch_size;
