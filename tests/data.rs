@@ -790,3 +790,46 @@ fn sharded_loaders_split_each_epoch_between_ranks() {
             .is_err()
     );
 }
+
+/// `data=openwebtext-split` from local JSONL files: the last 100,000 documents are
+/// `openwebtext-valid`, the rest `openwebtext-train`, as the reference splits OpenWebText.
+#[test]
+fn openwebtext_split_holds_out_the_last_hundred_thousand_documents() {
+    let cache = TempDir::new("owt");
+    let raw = cache.0.join("openwebtext/raw");
+    std::fs::create_dir_all(&raw).unwrap();
+    let docs: Vec<String> = (0..100_030)
+        .map(|i| format!("doc {i} of the web"))
+        .collect();
+    // Two files, read in name order; one blank line is skipped.
+    let line = |d: &String| serde_json::json!({ "text": d }).to_string();
+    let a: Vec<String> = docs[..40].iter().map(line).collect();
+    let b: Vec<String> = docs[40..].iter().map(line).collect();
+    std::fs::write(raw.join("a.jsonl"), a.join("\n") + "\n\n").unwrap();
+    std::fs::write(raw.join("b.jsonl"), b.join("\n")).unwrap();
+    let mut s = spec(&cache.0, "char", 32);
+    s.name = "openwebtext-train".into();
+    s.valid_name = "openwebtext-valid".into();
+    let p = prepare(&s).unwrap();
+    // char tokens: one per character plus EOS per document.
+    let tokens =
+        |range: std::ops::Range<usize>| -> usize { docs[range].iter().map(|d| d.len() + 1).sum() };
+    assert_eq!(p.train_meta.tokens, tokens(0..30));
+    assert_eq!(p.valid_meta.tokens, tokens(30..100_030));
+    assert_eq!(
+        p.train_meta.documents,
+        ["30 of 100030 documents in 2 file(s)"]
+    );
+    // The first training block starts with the first document.
+    let first: String = CharTokenizer::extended().decode(&p.train.block(0)[1..9]);
+    assert_eq!(first, "doc 0 of");
+    // Missing corpus: one line naming the dataset and the shared folder it looks in.
+    let empty = TempDir::new("owt-missing");
+    let mut s = spec(&empty.0, "char", 32);
+    s.name = "openwebtext-train".into();
+    let e = err_string(prepare(&s));
+    assert!(
+        e.contains("openwebtext-train") && e.contains("openwebtext/raw"),
+        "{e}"
+    );
+}

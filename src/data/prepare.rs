@@ -179,7 +179,7 @@ pub fn prepare_one(
 
 /// `<cache_dir>/<name>/raw`, if it holds at least one `*.txt`.
 pub fn raw_dir(cache_dir: &Path, name: &str) -> Result<PathBuf> {
-    let dir = cache_dir.join(name).join("raw");
+    let dir = cache_dir.join(source_name(name)).join("raw");
     if let Some(corpus) = Corpus::by_name(name) {
         if dir.is_dir() {
             return Ok(dir);
@@ -212,7 +212,7 @@ pub fn raw_dir(cache_dir: &Path, name: &str) -> Result<PathBuf> {
 fn list_texts(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "txt"))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "txt" || e == "jsonl"))
         .collect();
     files.sort();
     Ok(files)
@@ -253,6 +253,31 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
+}
+
+/// The reference's `openwebtext-split`: the last 100,000 documents of OpenWebText's train split
+/// are `openwebtext-valid` (`train[-100000:]`), the rest `openwebtext-train`.
+pub const OWT_VALID_DOCS: usize = 100_000;
+const OWT_SPLIT_RULE: &str = "documents in file order (JSONL rows in line order); openwebtext-valid = the last 100000, openwebtext-train = the rest, openwebtext = all";
+
+/// The folder a dataset's raw files live in: both halves of `openwebtext-split` read one corpus.
+pub fn source_name(dataset: &str) -> &str {
+    match dataset {
+        "openwebtext-train" | "openwebtext-valid" => "openwebtext",
+        d => d,
+    }
+}
+
+/// Which documents of a folder corpus a dataset takes: OpenWebText's names select by position
+/// whatever the split, as the reference's `get_dataset` does; others use [`split_documents`].
+fn select_documents(dataset: &str, n: usize, split: Split) -> Vec<usize> {
+    let cut = n.saturating_sub(OWT_VALID_DOCS);
+    match dataset {
+        "openwebtext-train" => (0..cut).collect(),
+        "openwebtext-valid" => (cut..n).collect(),
+        "openwebtext" => (0..n).collect(),
+        _ => split_documents(n, split),
+    }
 }
 
 /// Indices of the documents in `split` out of `n`.
@@ -300,7 +325,12 @@ fn prepare_split(
         format_version: FORMAT_VERSION,
         dataset: dataset.to_string(),
         split: split.as_str().to_string(),
-        split_rule: SPLIT_RULE.to_string(),
+        split_rule: if source_name(dataset) == "openwebtext" {
+            OWT_SPLIT_RULE
+        } else {
+            SPLIT_RULE
+        }
+        .to_string(),
         tokenizer: tokenizer.name().to_string(),
         tokenizer_identity: tokenizer.identity(),
         detokenizer: detok.map(|d| d.name().to_string()),
@@ -371,22 +401,43 @@ fn prepare_split(
         );
     }
 
-    let chosen = split_documents(files.len(), split);
+    // A `.txt` file is one document; a `.jsonl` file one document per row (its `text` field).
+    let mut all_docs: Vec<(usize, String)> = Vec::new();
+    for (f, (path, bytes)) in files.iter().zip(&contents).enumerate() {
+        if path.extension().is_some_and(|e| e == "jsonl") {
+            for (line_no, line) in String::from_utf8_lossy(bytes).lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .with_context(|| format!("{}:{}: not JSON", path.display(), line_no + 1))?;
+                let text = v["text"].as_str().with_context(|| {
+                    format!("{}:{}: no \"text\" field", path.display(), line_no + 1)
+                })?;
+                all_docs.push((f, text.to_string()));
+            }
+        } else {
+            all_docs.push((f, String::from_utf8_lossy(bytes).into_owned()));
+        }
+    }
+    let chosen = select_documents(dataset, all_docs.len(), split);
     if chosen.is_empty() {
         bail!(
-            "data '{dataset}': {} holds {} document(s), none left for the {} split ({SPLIT_RULE})",
+            "data '{dataset}': {} holds {} document(s), none left for the {} split ({})",
             raw.display(),
-            files.len(),
-            split.as_str()
+            all_docs.len(),
+            split.as_str(),
+            if source_name(dataset) == "openwebtext" {
+                OWT_SPLIT_RULE
+            } else {
+                SPLIT_RULE
+            }
         );
     }
-    // One document per file; the same row path as the row corpora (rayon spreads the documents
-    // over the cores). Character tokenizers add no special tokens, so their `wrap=false` blocks
-    // are the plain documents cut and padded.
-    let texts: Vec<String> = chosen
-        .iter()
-        .map(|&i| String::from_utf8_lossy(&contents[i]).into_owned())
-        .collect();
+    // The same row path as the row corpora (rayon spreads the documents over the cores).
+    // Character tokenizers add no special tokens, so their `wrap=false` blocks are the plain
+    // documents cut and padded.
+    let texts: Vec<String> = chosen.iter().map(|&i| all_docs[i].1.clone()).collect();
     let made = rows_to_blocks(
         tokenizer,
         &texts,
@@ -396,10 +447,26 @@ fn prepare_split(
         insert_eos,
     )?;
     let (tokens, ids, lengths) = (made.tokens, made.ids, made.lengths);
-    let documents = chosen
-        .iter()
-        .map(|&i| files[i].file_name().unwrap().to_string_lossy().into_owned())
-        .collect();
+    // File names for one-document files; a count for JSONL corpora, which can hold millions.
+    let documents = if all_docs.len() == files.len() {
+        chosen
+            .iter()
+            .map(|&i| {
+                files[all_docs[i].0]
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect()
+    } else {
+        vec![format!(
+            "{} of {} documents in {} file(s)",
+            chosen.len(),
+            all_docs.len(),
+            files.len()
+        )]
+    };
     finish(
         spec, dataset, split, recipe, &path, &sidecar, documents, tokens, ids, lengths,
     )
