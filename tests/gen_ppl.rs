@@ -47,23 +47,14 @@ fn uniform_gpt2(dir: &std::path::Path) {
 fn generative_perplexity_of_a_uniform_evaluator_is_the_vocabulary_size() {
     let tmp = TempDir::new("genppl");
     shakespeare_cache(tmp.path());
-    let run = tmp.path().join("run");
-    let mut a = args(&["train"], tiny_overrides(&run));
-    a.extend([
-        "trainer.max_steps=2".to_string(),
-        "trainer.val_check_interval=100".to_string(),
-    ]);
-    assert!(mdlm(tmp.path(), &a).status.success());
+    let ckpt = train_tiny(tmp.path(), &tmp.path().join("run"), 2);
     let evaluator = tmp.path().join("evaluator");
     uniform_gpt2(&evaluator);
 
     let dir = tmp.path().join("s");
     let mut s = args(&["sample-eval"], tiny_overrides(&dir));
     s.extend([
-        format!(
-            "eval.checkpoint_path={}",
-            run.join("checkpoints/last.safetensors").display()
-        ),
+        format!("eval.checkpoint_path={}", ckpt.display()),
         "eval.compute_generative_perplexity=True".to_string(),
         format!(
             "eval.gen_ppl_eval_model_name_or_path={}",

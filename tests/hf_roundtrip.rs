@@ -19,16 +19,9 @@ fn nll(dir: &std::path::Path) -> f64 {
 fn export_hf_then_evaluate_as_hf_dit() {
     let tmp = TempDir::new("hfrt");
     shakespeare_cache(tmp.path());
-    let run = tmp.path().join("run");
-    let mut a = args(&["train"], tiny_overrides(&run));
-    a.extend([
-        "trainer.max_steps=3".to_string(),
-        "trainer.val_check_interval=100".to_string(),
-    ]);
-    assert!(mdlm(tmp.path(), &a).status.success());
     let ckpt = format!(
         "eval.checkpoint_path={}",
-        run.join("checkpoints/last.safetensors").display()
+        train_tiny(tmp.path(), &tmp.path().join("run"), 3).display()
     );
 
     let out = tmp.path().join("hf");
@@ -51,98 +44,38 @@ fn export_hf_then_evaluate_as_hf_dit() {
     assert!(mdlm(tmp.path(), &p).status.success());
     let own = nll(&tmp.path().join("own"));
 
-    // The exported folder, by path.
-    let mut h = args(
-        &["ppl-eval", "backbone=hf_dit"],
-        tiny_overrides(&tmp.path().join("hfdir")),
-    );
-    h.push(format!("eval.checkpoint_path={}", out.display()));
-    let o = mdlm(tmp.path(), &h);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(nll(&tmp.path().join("hfdir")), own);
-
-    // The same folder as a hub repo in an offline cache, by repo id.
-    let cache = tmp.path().join("hub");
-    let snap = cache.join("models--someone--tiny-mdlm/snapshots/0123abc");
-    std::fs::create_dir_all(&snap).unwrap();
-    std::fs::create_dir_all(cache.join("models--someone--tiny-mdlm/refs")).unwrap();
-    std::fs::write(
-        cache.join("models--someone--tiny-mdlm/refs/main"),
+    // The same folder as a hub repo in an offline cache.
+    let hub = tmp.path().join("hub");
+    hub_repo(
+        &hub,
+        "someone/tiny-mdlm",
         "0123abc",
-    )
-    .unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(out.join(f), snap.join(f)).unwrap();
+        &[out.join("config.json"), out.join("model.safetensors")],
+    );
+    let hf_eval = |cmd: &str, source: &str, dir: &str| {
+        let mut a = args(
+            &[cmd, "backbone=hf_dit"],
+            tiny_overrides(&tmp.path().join(dir)),
+        );
+        a.push(format!("eval.checkpoint_path={source}"));
+        mdlm_env(tmp.path(), &[("HF_HUB_CACHE", &hub)], &a)
+    };
+
+    // By folder, by repo id, and by the commit the snapshot is named after: identical numbers.
+    for (source, dir) in [
+        (out.to_str().unwrap(), "hfdir"),
+        ("someone/tiny-mdlm", "hfrepo"),
+        ("someone/tiny-mdlm@0123abc", "hfrev"),
+    ] {
+        let o = hf_eval("ppl-eval", source, dir);
+        assert!(o.status.success(), "{source}: {}", stderr(&o));
+        assert_eq!(nll(&tmp.path().join(dir)), own, "{source}");
     }
-    let mut r = args(
-        &[
-            "ppl-eval",
-            "backbone=hf_dit",
-            "eval.checkpoint_path=someone/tiny-mdlm",
-        ],
-        tiny_overrides(&tmp.path().join("hfrepo")),
+    // An unknown revision, and a repo that is not in the cache: one line naming them.
+    assert!(
+        error_line(&hf_eval("ppl-eval", "someone/tiny-mdlm@v9", "hfbadrev"))
+            .contains("someone/tiny-mdlm@v9")
     );
-    r.sort_by_key(|s| s.starts_with("hydra")); // order does not matter to the composer
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mdlm"))
-        .args(&r)
-        .env("MDLM_CACHE", tmp.path())
-        .env("HF_HUB_CACHE", &cache)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(nll(&tmp.path().join("hfrepo")), own);
-
-    // A revision: the commit the snapshot is named after resolves; an unknown one does not.
-    let mut r = args(
-        &[
-            "ppl-eval",
-            "backbone=hf_dit",
-            "eval.checkpoint_path=someone/tiny-mdlm@0123abc",
-        ],
-        tiny_overrides(&tmp.path().join("hfrev")),
-    );
-    r.sort_by_key(|s| s.starts_with("hydra"));
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mdlm"))
-        .args(&r)
-        .env("MDLM_CACHE", tmp.path())
-        .env("HF_HUB_CACHE", &cache)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(nll(&tmp.path().join("hfrev")), own);
-    let mut r = args(
-        &[
-            "ppl-eval",
-            "backbone=hf_dit",
-            "eval.checkpoint_path=someone/tiny-mdlm@v9",
-        ],
-        tiny_overrides(&tmp.path().join("hfbadrev")),
-    );
-    r.sort_by_key(|s| s.starts_with("hydra"));
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mdlm"))
-        .args(&r)
-        .env("MDLM_CACHE", tmp.path())
-        .env("HF_HUB_CACHE", &cache)
-        .output()
-        .unwrap();
-    assert!(error_line(&o).contains("someone/tiny-mdlm@v9"));
-
-    // A repo that is not in the cache: one line naming it.
-    let mut m = args(
-        &[
-            "sample-eval",
-            "backbone=hf_dit",
-            "eval.checkpoint_path=someone/absent",
-        ],
-        tiny_overrides(&tmp.path().join("m")),
-    );
-    m.sort_by_key(|s| s.starts_with("hydra"));
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mdlm"))
-        .args(&m)
-        .env("MDLM_CACHE", tmp.path())
-        .env("HF_HUB_CACHE", &cache)
-        .output()
-        .unwrap();
-    let line = error_line(&o);
+    let line = error_line(&hf_eval("sample-eval", "someone/absent", "m"));
     assert!(line.contains("someone/absent"), "{line}");
 }

@@ -16,23 +16,7 @@ const TOLERANCE: f64 = 0.03; // relative, on the NLL
 fn zero_shot_nll_matches_the_committed_baseline() {
     let tmp = TempDir::new("pplreg");
     shakespeare_cache(tmp.path());
-    let d = tmp.path().join("data");
-    for (group, src, file) in [
-        ("wikitext2", "wikitext-2/valid.txt", "valid.txt"),
-        ("ptb", "ptb/ptb.valid.txt", "ptb.valid.txt"),
-        (
-            "lambada",
-            "lambada/lambada_test.jsonl",
-            "lambada_test.jsonl",
-        ),
-    ] {
-        std::fs::create_dir_all(d.join(group).join("raw")).unwrap();
-        std::fs::copy(
-            shared_data().join(src),
-            d.join(group).join("raw").join(file),
-        )
-        .unwrap();
-    }
+    local_corpora(tmp.path());
     let budget = [
         "experiment=shakespeare",
         "model.length=64",

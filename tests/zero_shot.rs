@@ -3,49 +3,20 @@
 
 mod support;
 
-use std::process::Command;
 use support::*;
-
-fn run(tmp: &std::path::Path, hub: &std::path::Path, a: &[String]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_mdlm"))
-        .args(a)
-        .env("MDLM_CACHE", tmp)
-        .env("HF_HUB_CACHE", hub)
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .unwrap()
-}
 
 #[test]
 fn ppl_eval_over_several_data_groups_prints_one_table() {
     let tmp = TempDir::new("zeroshot");
-    let d = tmp.path().join("data");
-    for (group, src, file) in [
-        ("wikitext2", "wikitext-2/valid.txt", "valid.txt"),
-        ("ptb", "ptb/ptb.valid.txt", "ptb.valid.txt"),
-        (
-            "lambada",
-            "lambada/lambada_test.jsonl",
-            "lambada_test.jsonl",
-        ),
-    ] {
-        std::fs::create_dir_all(d.join(group).join("raw")).unwrap();
-        std::fs::copy(
-            shared_data().join(src),
-            d.join(group).join("raw").join(file),
-        )
-        .unwrap();
-    }
+    local_corpora(tmp.path());
     let hub = tmp.path().join("hub");
-    let snap = hub.join("models--gpt2/snapshots/abc123");
-    std::fs::create_dir_all(&snap).unwrap();
-    std::fs::create_dir_all(hub.join("models--gpt2/refs")).unwrap();
-    std::fs::write(hub.join("models--gpt2/refs/main"), "abc123").unwrap();
-    std::fs::copy(
-        shared_data().join("../assets/tokenizers/gpt2/tokenizer.json"),
-        snap.join("tokenizer.json"),
-    )
-    .unwrap();
+    hub_repo(
+        &hub,
+        "gpt2",
+        "abc123",
+        &[shared_data().join("../assets/tokenizers/gpt2/tokenizer.json")],
+    );
+    let run = |a: &[String]| mdlm_env(tmp.path(), &[("HF_HUB_CACHE", &hub)], a);
 
     // A tiny GPT-2-vocabulary model trained for two steps on LAMBADA.
     let run_dir = tmp.path().join("run");
@@ -54,7 +25,7 @@ fn ppl_eval_over_several_data_groups_prints_one_table() {
         "trainer.max_steps=2".to_string(),
         "trainer.val_check_interval=100".to_string(),
     ]);
-    let o = run(tmp.path(), &hub, &t);
+    let o = run(&t);
     assert!(o.status.success(), "{}", stderr(&o));
     let ck = format!(
         "eval.checkpoint_path={}",
@@ -71,7 +42,7 @@ fn ppl_eval_over_several_data_groups_prints_one_table() {
         tiny_overrides(&table_dir),
     );
     p.push(ck.clone());
-    let o = run(tmp.path(), &hub, &p);
+    let o = run(&p);
     assert!(o.status.success(), "{}", stderr(&o));
     let csv = std::fs::read_to_string(table_dir.join("zero_shot.csv")).unwrap();
     let rows: Vec<Vec<&str>> = csv
@@ -96,7 +67,7 @@ fn ppl_eval_over_several_data_groups_prints_one_table() {
         tiny_overrides(&single),
     );
     s.push(ck);
-    let o = run(tmp.path(), &hub, &s);
+    let o = run(&s);
     assert!(o.status.success(), "{}", stderr(&o));
     let m: serde_json::Value = serde_json::from_str(
         std::fs::read_to_string(single.join("metrics.jsonl"))

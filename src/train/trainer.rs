@@ -132,7 +132,8 @@ pub fn train(
         let lr = plan.schedule.lr_at(step);
         opt.set_lr(lr);
         opt.zero_grad();
-        let mut loss_sum = 0.0;
+        // Summed on the device: one host sync per optimizer step, not per micro-batch.
+        let mut loss_sum: Option<tch::Tensor> = None;
         for _ in 0..plan.accumulate {
             let batch = train_loader
                 .next_batch()
@@ -140,10 +141,15 @@ pub fn train(
             let (b, l) = batch.x.size2()?;
             let parts = model.batch_loss(diffusion, &batch.x, &batch.attention_mask, true)?;
             (&parts.loss / plan.accumulate as f64).backward();
-            loss_sum += f64::try_from(&parts.loss)?;
+            let this = parts.loss.detach();
+            loss_sum = Some(match loss_sum {
+                Some(acc) => acc + this,
+                None => this,
+            });
             tokens_done += (b * l) as f64;
         }
-        let loss = loss_sum / plan.accumulate as f64;
+        let loss_sum = loss_sum.context("accumulate_grad_batches is 0")?;
+        let loss = f64::try_from(&loss_sum)? / plan.accumulate as f64;
         if !loss.is_finite() {
             bail!(
                 "training loss is {loss} at step {step} (lr {lr:.3e}); stopped without writing a checkpoint, so the last one ({}) is intact — lower optim.lr or check the data",

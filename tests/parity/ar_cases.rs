@@ -1,7 +1,7 @@
 //! Parity of the autoregressive baseline: its loss and gradients (`ar_loss`) and its sampler
 //! (`sample_ar`), the latter both as the reference runs it and with the key/value cache.
 
-use crate::common::{Case, scalar};
+use crate::common::{Case, check_gradients, scalar};
 use anyhow::{Result, anyhow, bail};
 use mdlm::backbone::load::{load_strict, manifest};
 use mdlm::backbone::{Ar, ArConfig, Precision};
@@ -10,7 +10,7 @@ use mdlm::sample::ar::{
     ArSampleSpec, ArSampler, ReplayGumbel, gumbel_from_uniform, sample_ar as run_sampler,
 };
 use std::collections::BTreeMap;
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Device, Tensor, nn};
 
 struct Model {
     vs: nn::VarStore,
@@ -87,68 +87,7 @@ pub fn ar_loss(case: &Case) -> Result<()> {
 
     // Gradient norm over every trainable backbone parameter, per parameter and in total.
     let vars = m.vs.variables();
-    let norms = case
-        .value("grad_norms")?
-        .as_object()
-        .cloned()
-        .ok_or_else(|| anyhow!("grad_norms is not an object"))?;
-    let mut sq = 0.0f64;
-    let mut trainable = 0;
-    for (name, var) in &vars {
-        if !var.requires_grad() {
-            continue;
-        }
-        trainable += 1;
-        let g = var.grad();
-        let n = if g.defined() {
-            f64::try_from(g.to_kind(Kind::Double).norm())?
-        } else {
-            0.0
-        };
-        sq += n * n;
-        let expected = norms
-            .get(name)
-            .and_then(|v| v.as_f64())
-            .ok_or_else(|| anyhow!("grad_norms lacks {name}"))?;
-        let (atol, rtol) = match case.json["tolerances"].get(format!("grad.{name}")) {
-            Some(_) => case.tolerance(&format!("grad.{name}")),
-            None => (1e-5, 1e-3),
-        };
-        case.check_with(
-            &format!("grad_norms.{name}"),
-            &scalar(n),
-            &scalar(expected),
-            atol,
-            rtol,
-        )?;
-    }
-    if trainable != norms.len() {
-        bail!(
-            "{trainable} trainable parameters, grad_norms lists {}",
-            norms.len()
-        );
-    }
-    case.check("grad_norm", &scalar(sq.sqrt()))?;
-    let (atol, rtol) = case.tolerance("grad_norm");
-    case.check_with(
-        "grad_norm (json)",
-        &scalar(sq.sqrt()),
-        &scalar(case.f64("grad_norm")?),
-        atol,
-        rtol,
-    )?;
-    for (k, _) in case
-        .tensors
-        .iter()
-        .filter(|(k, _)| k.starts_with("grad.backbone."))
-    {
-        let name = &k["grad.".len()..];
-        let var = vars
-            .get(name)
-            .ok_or_else(|| anyhow!("no parameter {name}"))?;
-        case.check(k, &var.grad())?;
-    }
-    Ok(())
+    check_gradients(case, &vars)
 }
 
 pub fn sample_ar(case: &Case) -> Result<()> {

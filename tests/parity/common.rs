@@ -281,3 +281,75 @@ pub fn skip<T>(why: impl Into<String>) -> Result<T> {
 pub fn scalar(x: f64) -> Tensor {
     Tensor::from(x)
 }
+
+/// The gradient part of a loss case, after `loss.backward()`: every trainable parameter's norm
+/// against `grad_norms` (and no parameter missing or extra), the total `grad_norm` (tensor and
+/// JSON value), and the full `grad.<name>` tensors the case stores.
+pub fn check_gradients(
+    case: &Case,
+    vars: &std::collections::HashMap<String, Tensor>,
+) -> Result<()> {
+    let norms = case
+        .value("grad_norms")?
+        .as_object()
+        .cloned()
+        .ok_or_else(|| anyhow!("grad_norms is not an object"))?;
+    let mut sq = 0.0f64;
+    let mut trainable = 0;
+    for (name, var) in vars {
+        if !var.requires_grad() {
+            continue;
+        }
+        trainable += 1;
+        let g = var.grad();
+        let n = if g.defined() {
+            f64::try_from(g.to_kind(Kind::Double).norm())?
+        } else {
+            0.0
+        };
+        sq += n * n;
+        let expected = norms
+            .get(name)
+            .and_then(|v| v.as_f64())
+            .ok_or_else(|| anyhow!("grad_norms lacks {name}"))?;
+        let key = format!("grad.{name}");
+        let (atol, rtol) = match case.json["tolerances"].get(&key) {
+            Some(_) => case.tolerance(&key),
+            None => (1e-5, 1e-3),
+        };
+        case.check_with(
+            &format!("grad_norms.{name}"),
+            &scalar(n),
+            &scalar(expected),
+            atol,
+            rtol,
+        )?;
+    }
+    if trainable != norms.len() {
+        bail!(
+            "{trainable} trainable parameters, grad_norms lists {}",
+            norms.len()
+        );
+    }
+    case.check("grad_norm", &scalar(sq.sqrt()))?;
+    let (atol, rtol) = case.tolerance("grad_norm");
+    case.check_with(
+        "grad_norm (json)",
+        &scalar(sq.sqrt()),
+        &scalar(case.f64("grad_norm")?),
+        atol,
+        rtol,
+    )?;
+    for k in case
+        .tensors
+        .keys()
+        .filter(|k| k.starts_with("grad.backbone."))
+    {
+        let name = &k["grad.".len()..];
+        let var = vars
+            .get(name)
+            .ok_or_else(|| anyhow!("no parameter {name}"))?;
+        case.check(k, &var.grad())?;
+    }
+    Ok(())
+}

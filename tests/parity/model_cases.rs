@@ -1,7 +1,7 @@
 //! Parity of the model path: noise schedules, the DiT, parameterizations, losses and gradients,
 //! sampler steps and whole sampling runs.
 
-use crate::common::{Case, scalar, skip};
+use crate::common::{Case, check_gradients, skip};
 use anyhow::{Result, bail};
 use mdlm::backbone::{Dit, DitConfig, Precision, load::load_strict};
 use mdlm::diffusion::{Diffusion, Draws, Noise, Parameterization, loss::crop};
@@ -9,7 +9,7 @@ use mdlm::sample::categorical::ReplayUniforms;
 use mdlm::sample::{self, Denoiser, ModelDenoiser, Predictor, SampleSpec};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Device, Tensor, nn};
 
 /// The noise object a case's reference used, from the YAML type and the object's own values.
 fn noise_of(config_noise: &Value, module: &Value) -> Result<Noise> {
@@ -160,57 +160,7 @@ pub fn loss(case: &Case) -> Result<()> {
     case.check("token_mask", &parts.token_mask)?;
     case.check("loss", &parts.loss)?;
     parts.loss.backward();
-    // Gradient norm over every trainable backbone parameter, and two full gradients.
-    let vars = m._vs.variables();
-    let mut sq = 0.0f64;
-    let norms = case
-        .value("grad_norms")?
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    for (name, var) in &vars {
-        if !var.requires_grad() {
-            continue;
-        }
-        let g = var.grad();
-        let n = if g.defined() {
-            f64::try_from(g.to_kind(Kind::Double).norm())?
-        } else {
-            0.0
-        };
-        sq += n * n;
-        if let Some(expected) = norms.get(name).and_then(|v| v.as_f64()) {
-            let (atol, rtol) = case.tolerance(&format!("grad.{name}"));
-            let (atol, rtol) = if case.json["tolerances"]
-                .get(format!("grad.{name}"))
-                .is_some()
-            {
-                (atol, rtol)
-            } else {
-                (1e-5, 1e-3)
-            };
-            case.check_with(
-                &format!("grad_norms.{name}"),
-                &scalar(n),
-                &scalar(expected),
-                atol,
-                rtol,
-            )?;
-        }
-    }
-    case.check("grad_norm", &scalar(sq.sqrt()))?;
-    for (k, _) in case
-        .tensors
-        .iter()
-        .filter(|(k, _)| k.starts_with("grad.backbone."))
-    {
-        let name = &k["grad.".len()..];
-        let var = vars
-            .get(name)
-            .ok_or_else(|| anyhow::anyhow!("no parameter {name}"))?;
-        case.check(k, &var.grad())?;
-    }
-    Ok(())
+    check_gradients(case, &m._vs.variables())
 }
 
 /// Wraps a denoiser so a test can check what it returned on its first call.

@@ -114,3 +114,62 @@ pub fn error_line(o: &Output) -> String {
 pub fn args(list: &[&str], extra: Vec<String>) -> Vec<String> {
     list.iter().map(|s| s.to_string()).chain(extra).collect()
 }
+
+/// `mdlm` with extra environment variables (e.g. `HF_HUB_CACHE`).
+pub fn mdlm_env(cache: &Path, env: &[(&str, &Path)], args: &[String]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mdlm"));
+    c.args(args)
+        .env("MDLM_CACHE", cache)
+        .env("OMP_NUM_THREADS", "1");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("running mdlm")
+}
+
+/// Trains the tiny model for `steps` steps into `run` and returns its last checkpoint.
+pub fn train_tiny(cache: &Path, run: &Path, steps: u64) -> PathBuf {
+    let mut a = args(&["train"], tiny_overrides(run));
+    a.extend([
+        format!("trainer.max_steps={steps}"),
+        "trainer.val_check_interval=100".to_string(),
+    ]);
+    let o = mdlm(cache, &a);
+    assert!(o.status.success(), "train failed:\n{}", stderr(&o));
+    run.join("checkpoints/last.safetensors")
+}
+
+/// `<root>/data/{wikitext2,ptb,lambada}/raw/` holding the validation copies from ../shared/data.
+pub fn local_corpora(root: &Path) {
+    let d = root.join("data");
+    for (group, src, file) in [
+        ("wikitext2", "wikitext-2/valid.txt", "valid.txt"),
+        ("ptb", "ptb/ptb.valid.txt", "ptb.valid.txt"),
+        (
+            "lambada",
+            "lambada/lambada_test.jsonl",
+            "lambada_test.jsonl",
+        ),
+    ] {
+        std::fs::create_dir_all(d.join(group).join("raw")).unwrap();
+        std::fs::copy(
+            shared_data().join(src),
+            d.join(group).join("raw").join(file),
+        )
+        .unwrap();
+    }
+}
+
+/// A Hugging Face hub cache at `hub` holding `repo` (`owner/name` or a legacy name) at commit
+/// `rev`, with `files` copied in; the layout hf-hub reads (`snapshots/<rev>`, `refs/main`).
+pub fn hub_repo(hub: &Path, repo: &str, rev: &str, files: &[PathBuf]) -> PathBuf {
+    let root = hub.join(format!("models--{}", repo.replace('/', "--")));
+    let snap = root.join("snapshots").join(rev);
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(root.join("refs")).unwrap();
+    std::fs::write(root.join("refs/main"), rev).unwrap();
+    for f in files {
+        std::fs::copy(f, snap.join(f.file_name().unwrap())).unwrap();
+    }
+    snap
+}
