@@ -29,9 +29,10 @@ pub fn run(cfg: Config) -> Result<PplRow> {
         device,
         run_dir,
     } = setup::start(cfg)?;
-    // Only the validation split: evaluation corpora often ship no training split.
+    // Only the scored split: evaluation corpora often ship no training split.
+    let split = Split::parse(&cfg.eval.split).context("eval.split")?;
     let spec = setup::data_spec(&cfg);
-    let (valid, _, tokenizer) = prepare_one(&spec, &cfg.data.valid, Split::Validation)?;
+    let (valid, _, tokenizer) = prepare_one(&spec, &cfg.data.valid, split)?;
     let setup::EvalModel {
         model,
         diffusion,
@@ -48,15 +49,16 @@ pub fn run(cfg: Config) -> Result<PplRow> {
         .of(loader.num_batches() as u64) as usize;
     let m = trainer::validate(&model, &diffusion, &mut loader, n, cfg.seed)?;
     println!(
-        "{source} on {} ({n} batches, {} tokens): nll {:.4} | bpd {:.4} | ppl {:.3}",
+        "{source} on {} {} ({n} batches, {} tokens): nll {:.4} | bpd {:.4} | ppl {:.3}",
         cfg.data.valid,
+        split.as_str(),
         m.tokens,
         m.nll(),
         m.bpd(),
         m.ppl()
     );
     let path = run_dir.join("metrics.jsonl");
-    let line = json!({"checkpoint": source, "data": cfg.data.valid, "val/nll": m.nll(), "val/bpd": m.bpd(), "val/ppl": m.ppl(), "tokens": m.tokens});
+    let line = json!({"checkpoint": source, "data": cfg.data.valid, "split": split.as_str(), "val/nll": m.nll(), "val/bpd": m.bpd(), "val/ppl": m.ppl(), "tokens": m.tokens});
     std::fs::write(&path, format!("{line}\n"))
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(PplRow {

@@ -31,12 +31,21 @@ pub fn run(cfg: Config) -> Result<TrainOutcome> {
         .context("loader.eval_batch_size unresolved")?;
     let mut train_loader = Loader::train(data.train.clone(), batch, cfg.seed)?.with_device(device);
     let mut valid_loader = Loader::eval(data.valid.clone(), eval_batch)?.with_device(device);
-    let plan = plan(
+    let mut plan = plan(
         &cfg,
         &run_dir,
         train_loader.num_batches() as u64,
         valid_loader.num_batches() as u64,
     )?;
+    if data.train.block_size() == 2 * cfg.model.length {
+        plan.crop = Some((cfg.model.length as i64, data.tokenizer.bos_id() as i64));
+        eprintln!(
+            "{}: training blocks of {} are cropped to random windows of {} (BOS first)",
+            cfg.data.train,
+            data.train.block_size(),
+            cfg.model.length
+        );
+    }
     eprintln!(
         "run dir {} | device {device:?} | {} parameters | vocab {vocab_size} (mask {mask_index}) | {} train / {} valid blocks of {} | batch {batch} x accumulate {}",
         run_dir.display(),
@@ -152,5 +161,6 @@ pub fn plan(
         metrics_path: run_dir.join("metrics.jsonl"),
         config_yaml: cfg.to_yaml(),
         progress: true,
+        crop: None,
     })
 }

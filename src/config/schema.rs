@@ -131,6 +131,14 @@ pub struct Eval {
     pub compute_perplexity_on_sanity: bool,
     pub gen_ppl_eval_model_name_or_path: String,
     pub generate_samples: bool,
+    /// Which split `ppl-eval` scores: `validation` (the reference's only choice), or `test` (ours,
+    /// e.g. text8's test BPC); older configs without the key mean `validation`.
+    #[serde(default = "validation")]
+    pub split: String,
+}
+
+fn validation() -> String {
+    "validation".into()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

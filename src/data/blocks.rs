@@ -182,8 +182,7 @@ impl TokenBlocks {
     }
 }
 
-/// Writes a token-block file atomically (temporary file in the same folder, then rename), so a
-/// crash never leaves a half-written file under the final name. `lengths`, when given, has one
+/// Writes a token-block file atomically (see [`BlockWriter`]). `lengths`, when given, has one
 /// entry per block and marks the padded layout.
 pub fn write_blocks(
     path: &Path,
@@ -192,45 +191,157 @@ pub fn write_blocks(
     vocab_size: usize,
     lengths: Option<&[u32]>,
 ) -> Result<()> {
-    if block_size == 0 || ids.len() % block_size != 0 {
-        bail!("{} ids do not form blocks of {block_size}", ids.len());
-    }
-    let n_blocks = ids.len() / block_size;
-    if let Some(l) = lengths
-        && l.len() != n_blocks
-    {
-        bail!("{} lengths for {n_blocks} blocks", l.len());
-    }
-    let id_bytes: u32 = if vocab_size <= 1 << 16 { 2 } else { 4 };
-    if let Some(&max) = ids.iter().max()
-        && max as usize >= vocab_size
-    {
-        bail!("id {max} is outside the vocabulary of {vocab_size}");
-    }
-    let mut buf = Vec::with_capacity(HEADER_LEN + ids.len() * id_bytes as usize);
-    buf.extend_from_slice(&MAGIC);
-    buf.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    buf.extend_from_slice(&id_bytes.to_le_bytes());
-    buf.extend_from_slice(&u32::try_from(block_size)?.to_le_bytes());
-    buf.extend_from_slice(&u32::try_from(vocab_size)?.to_le_bytes());
-    buf.extend_from_slice(&(n_blocks as u64).to_le_bytes());
-    buf.extend_from_slice(&(if lengths.is_some() { FLAG_LENGTHS } else { 0 }).to_le_bytes());
-    buf.resize(HEADER_LEN, 0);
-    if id_bytes == 2 {
-        ids.iter()
-            .for_each(|&v| buf.extend_from_slice(&(v as u16).to_le_bytes()));
-    } else {
-        ids.iter()
-            .for_each(|&v| buf.extend_from_slice(&v.to_le_bytes()));
-    }
-    for &l in lengths.unwrap_or(&[]) {
-        buf.extend_from_slice(&l.to_le_bytes());
-    }
-    write_atomic(path, &buf)
+    let mut w = BlockWriter::create(path, block_size, vocab_size, lengths.is_some())?;
+    w.push(ids, lengths)?;
+    w.finish()?;
+    Ok(())
 }
 
-/// Temp file + fsync + rename in the target's folder.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Streams blocks into a token file: ids go to a temporary file in the target's folder as they
+/// come, the header (whose block count is only known at the end) is written last, and the file
+/// is renamed into place only by [`BlockWriter::finish`]. Dropping an unfinished writer removes
+/// the temporary file, so an interrupted preparation never leaves a file under the final name.
+/// Memory holds one write buffer plus, for the padded layout, 4 bytes per block.
+pub struct BlockWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: Option<std::io::BufWriter<File>>,
+    id_bytes: usize,
+    block_size: usize,
+    vocab_size: usize,
+    n_blocks: usize,
+    lengths: Option<Vec<u32>>,
+}
+
+impl BlockWriter {
+    pub fn create(
+        path: &Path,
+        block_size: usize,
+        vocab_size: usize,
+        padded: bool,
+    ) -> Result<BlockWriter> {
+        if block_size == 0 {
+            bail!("block size must be at least 1");
+        }
+        u32::try_from(block_size).context("block size")?;
+        u32::try_from(vocab_size).context("vocabulary size")?;
+        let tmp = temp_sibling(path)?;
+        let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        out.write_all(&[0u8; HEADER_LEN])
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        Ok(BlockWriter {
+            path: path.to_path_buf(),
+            tmp,
+            out: Some(out),
+            id_bytes: if vocab_size <= 1 << 16 { 2 } else { 4 },
+            block_size,
+            vocab_size,
+            n_blocks: 0,
+            lengths: padded.then(Vec::new),
+        })
+    }
+
+    /// Appends whole blocks (`ids.len()` a multiple of the block size); `lengths` exactly when
+    /// the writer was made for the padded layout, one per block.
+    pub fn push(&mut self, ids: &[u32], lengths: Option<&[u32]>) -> Result<()> {
+        if ids.len() % self.block_size != 0 {
+            bail!(
+                "{} ids do not form blocks of {}",
+                ids.len(),
+                self.block_size
+            );
+        }
+        let n = ids.len() / self.block_size;
+        match (&mut self.lengths, lengths) {
+            (Some(all), Some(l)) if l.len() == n => all.extend_from_slice(l),
+            (Some(_), Some(l)) => bail!("{} lengths for {n} blocks", l.len()),
+            (None, None) => {}
+            (Some(_), None) => bail!("the padded layout needs a length per block"),
+            (None, Some(_)) => bail!("lengths given for the wrapped layout"),
+        }
+        if let Some(&max) = ids.iter().max()
+            && max as usize >= self.vocab_size
+        {
+            bail!("id {max} is outside the vocabulary of {}", self.vocab_size);
+        }
+        let mut buf = Vec::with_capacity(ids.len() * self.id_bytes);
+        if self.id_bytes == 2 {
+            ids.iter()
+                .for_each(|&v| buf.extend_from_slice(&(v as u16).to_le_bytes()));
+        } else {
+            ids.iter()
+                .for_each(|&v| buf.extend_from_slice(&v.to_le_bytes()));
+        }
+        let out = self.out.as_mut().expect("writer used after finish");
+        out.write_all(&buf)
+            .with_context(|| format!("writing {}", self.tmp.display()))?;
+        self.n_blocks += n;
+        Ok(())
+    }
+
+    pub fn blocks(&self) -> usize {
+        self.n_blocks
+    }
+
+    /// Lengths, header, fsync, rename; returns the number of blocks written.
+    pub fn finish(mut self) -> Result<usize> {
+        use std::io::{Seek, SeekFrom};
+        let mut out = self.out.take().expect("finish called once");
+        let result = (|| -> Result<()> {
+            for &l in self.lengths.as_deref().unwrap_or(&[]) {
+                out.write_all(&l.to_le_bytes())?;
+            }
+            let mut file = out.into_inner().map_err(|e| e.into_error())?;
+            file.seek(SeekFrom::Start(0))?;
+            file.write_all(&header(
+                self.id_bytes as u32,
+                self.block_size as u32,
+                self.vocab_size as u32,
+                self.n_blocks as u64,
+                self.lengths.is_some(),
+            ))?;
+            file.sync_all()?;
+            std::fs::rename(&self.tmp, &self.path)?;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        result.with_context(|| format!("writing {}", self.path.display()))?;
+        Ok(self.n_blocks)
+    }
+}
+
+impl Drop for BlockWriter {
+    fn drop(&mut self) {
+        if self.out.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+fn header(
+    id_bytes: u32,
+    block_size: u32,
+    vocab_size: u32,
+    n_blocks: u64,
+    lengths: bool,
+) -> Vec<u8> {
+    let mut h = Vec::with_capacity(HEADER_LEN);
+    h.extend_from_slice(&MAGIC);
+    h.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h.extend_from_slice(&id_bytes.to_le_bytes());
+    h.extend_from_slice(&block_size.to_le_bytes());
+    h.extend_from_slice(&vocab_size.to_le_bytes());
+    h.extend_from_slice(&n_blocks.to_le_bytes());
+    h.extend_from_slice(&(if lengths { FLAG_LENGTHS } else { 0 }).to_le_bytes());
+    h.resize(HEADER_LEN, 0);
+    h
+}
+
+/// A fresh hidden name next to `path` (same folder, so the final rename is atomic).
+fn temp_sibling(path: &Path) -> Result<PathBuf> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -244,7 +355,12 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp-{}-{nanos}", std::process::id()));
+    Ok(dir.join(format!(".{file_name}.tmp-{}-{nanos}", std::process::id())))
+}
+
+/// Temp file + fsync + rename in the target's folder.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_sibling(path)?;
     let result = (|| -> Result<()> {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;

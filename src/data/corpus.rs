@@ -1,23 +1,33 @@
-//! Row-based corpora read from local files, as the reference's `get_dataset` sees them after
-//! `datasets.load_dataset`: one row per line (WikiText, PTB, LM1B), per JSON line (LAMBADA) or per
-//! CSV record (AG News). Rows go through the dataset's detokenizer, are tokenised without special
-//! tokens, and are then wrapped into blocks or padded one per block.
+//! Which raw files make a dataset's split, and how they read: the local layouts of the
+//! reference's corpora as `datasets.load_dataset` sees them (one row per line for WikiText, PTB
+//! and LM1B, per JSON line for LAMBADA and the scientific papers, per CSV record for AG News; the
+//! reference's character chunks for text8; documents for OpenWebText and plain folders), each
+//! alternatively as Parquet files the way the Hub serves them. Rows go through the dataset's
+//! detokenizer, are tokenised without special tokens, and are then wrapped into blocks or padded
+//! one per block ([`rows_to_blocks`]).
 //!
 //! Expected files, under `<cache_dir>/<name>/raw/` (the `../shared/data` layouts):
 //!
-//! | name | train | validation |
-//! |---|---|---|
-//! | `wikitext2`, `wikitext103` | `train.txt` / `wiki.train.tokens` | `valid.txt` / `wiki.valid.tokens` |
-//! | `ptb` | `ptb.train.txt` | `ptb.valid.txt` |
-//! | `lambada` | `lambada_test.jsonl` | `lambada_test.jsonl` (the reference only has the test set) |
-//! | `ag_news` | `train.csv` | `test.csv` (the reference validates on test) |
-//! | `lm1b` | `train.txt` | `test.txt` (the reference validates on test) |
+//! | name | train | validation | test |
+//! |---|---|---|---|
+//! | `wikitext2`, `wikitext103` | `train.txt` / `wiki.train.tokens` | `valid.txt` / `wiki.valid.tokens` | `test.txt` / `wiki.test.tokens` |
+//! | `ptb` | `ptb.train.txt` | `ptb.valid.txt` | `ptb.test.txt` |
+//! | `lambada` | `lambada_test.jsonl` | the same (the reference only has the test set) | the same |
+//! | `ag_news` | `train.csv` | `test.csv` (the reference validates on test) | `test.csv` |
+//! | `lm1b` | `train.txt` | `test.txt` (the reference validates on test) | `test.txt` |
+//! | `scientific_papers_*` | `train.jsonl` | `validation.jsonl` | `test.jsonl` (field `article`) |
+//! | `text8`, `text8-crop` | `text8` (or `text8.zip`), cut at 90M/95M characters, or the reference's `text8.{train,validation,test}.txt` |||
+//!
+//! Any of them may instead hold Parquet files with the Hub's column (`text`; `sentence` for PTB,
+//! `article` for the papers) as `<split>/*.parquet` or `<split>-*.parquet`, the split named as
+//! on the Hub (`validation` for `ptb.valid.txt`'s role, `test` where the table says so).
 
 use super::detok::Detokenizer;
 use super::prepare::Split;
+use super::source::{Format, RawFile, list_files};
 use super::tokenizer::Tokenizer;
 use super::wrap::{pad_documents, wrap_documents};
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -28,17 +38,27 @@ pub enum Corpus {
     Lambada,
     AgNews,
     Lm1b,
+    SciPapers,
+    Text8,
 }
 
-/// Dataset names with a row-based local layout.
-pub const CORPUS_NAMES: [&str; 6] = [
+/// Dataset names with a known split layout.
+pub const CORPUS_NAMES: [&str; 10] = [
     "wikitext2",
     "wikitext103",
     "ptb",
     "lambada",
     "ag_news",
     "lm1b",
+    "scientific_papers_arxiv",
+    "scientific_papers_pubmed",
+    "text8",
+    "text8-crop",
 ];
+
+/// The reference's text8 split points (from the D3PM code base), in characters.
+pub const TEXT8_TRAIN_END: u64 = 90_000_000;
+pub const TEXT8_VALID_END: u64 = 95_000_000;
 
 impl Corpus {
     pub fn by_name(name: &str) -> Option<Corpus> {
@@ -48,133 +68,195 @@ impl Corpus {
             "lambada" => Some(Corpus::Lambada),
             "ag_news" => Some(Corpus::AgNews),
             "lm1b" => Some(Corpus::Lm1b),
+            "scientific_papers_arxiv" | "scientific_papers_pubmed" => Some(Corpus::SciPapers),
+            "text8" | "text8-crop" => Some(Corpus::Text8),
             _ => None,
         }
     }
 
-    /// Accepted file names for a split, first match wins.
-    pub fn split_files(self, split: Split) -> &'static [&'static str] {
-        match (self, split) {
-            (Corpus::WikiText, Split::Train) => &["train.txt", "wiki.train.tokens"],
-            (Corpus::WikiText, Split::Validation) => &["valid.txt", "wiki.valid.tokens"],
-            (Corpus::Ptb, Split::Train) => &["ptb.train.txt"],
-            (Corpus::Ptb, Split::Validation) => &["ptb.valid.txt"],
-            (Corpus::Lambada, _) => &["lambada_test.jsonl"],
-            (Corpus::AgNews, Split::Train) => &["train.csv"],
-            (Corpus::AgNews, Split::Validation) => &["test.csv"],
-            (Corpus::Lm1b, Split::Train) => &["train.txt"],
-            (Corpus::Lm1b, Split::Validation) => &["test.txt"],
+    /// The field that holds the text (`preprocess_and_tokenize`'s choice).
+    pub fn column(self) -> &'static str {
+        match self {
+            Corpus::Ptb => "sentence",
+            Corpus::SciPapers => "article",
+            _ => "text",
         }
     }
 
-    /// `<raw>/<file>` for the split, or one line naming the dataset, the folder and the files.
-    pub fn find_split_file(self, name: &str, raw: &Path, split: Split) -> Result<PathBuf> {
-        let names = self.split_files(split);
-        names
-            .iter()
-            .map(|f| raw.join(f))
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                anyhow!(
-                    "data '{name}' {} split is not available offline: put {} in {} (small copies of several corpora are in the shared data folder)",
-                    split.as_str(),
-                    names.join(" or "),
-                    raw.display()
-                )
-            })
+    /// The Hub's name for the split this corpus serves as `split`.
+    pub fn hub_split(self, split: Split) -> &'static str {
+        match (self, split) {
+            (Corpus::Lambada, _) => "test",
+            (Corpus::AgNews | Corpus::Lm1b, Split::Validation) => "test",
+            (_, s) => s.as_str(),
+        }
     }
 
-    /// The rows of one file, as the Hugging Face loader yields them.
-    pub fn read_rows(self, path: &Path) -> Result<Vec<String>> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        Ok(match self {
+    /// Accepted local file names for a split, first match wins, and how each reads.
+    fn split_files(self, split: Split) -> Vec<(&'static str, Format)> {
+        let lines = |keep_newline, trim| Format::Lines { keep_newline, trim };
+        let names: &[&str] = match (self, split) {
+            (Corpus::WikiText, Split::Train) => &["train.txt", "wiki.train.tokens"],
+            (Corpus::WikiText, Split::Validation) => &["valid.txt", "wiki.valid.tokens"],
+            (Corpus::WikiText, Split::Test) => &["test.txt", "wiki.test.tokens"],
+            (Corpus::Ptb, Split::Train) => &["ptb.train.txt"],
+            (Corpus::Ptb, Split::Validation) => &["ptb.valid.txt"],
+            (Corpus::Ptb, Split::Test) => &["ptb.test.txt"],
+            (Corpus::Lambada, _) => &["lambada_test.jsonl"],
+            (Corpus::AgNews, Split::Train) => &["train.csv"],
+            (Corpus::AgNews, _) => &["test.csv"],
+            (Corpus::Lm1b, Split::Train) => &["train.txt"],
+            (Corpus::Lm1b, _) => &["test.txt"],
+            (Corpus::SciPapers, Split::Train) => &["train.jsonl"],
+            (Corpus::SciPapers, Split::Validation) => &["validation.jsonl"],
+            (Corpus::SciPapers, Split::Test) => &["test.jsonl"],
+            (Corpus::Text8, _) => &[],
+        };
+        let format = match self {
             // One row per line, newline kept (" \n" rows included).
-            Corpus::WikiText => text.split_inclusive('\n').map(str::to_string).collect(),
+            Corpus::WikiText => lines(true, false),
             // ptb_text_only strips every line.
-            Corpus::Ptb => text.lines().map(|l| l.trim().to_string()).collect(),
-            Corpus::Lm1b => text.lines().map(str::to_string).collect(),
-            Corpus::Lambada => text
-                .lines()
-                .enumerate()
-                .filter(|(_, l)| !l.trim().is_empty())
-                .map(|(i, l)| {
-                    let v: serde_json::Value = serde_json::from_str(l)
-                        .with_context(|| format!("{} line {}", path.display(), i + 1))?;
-                    v["text"].as_str().map(str::to_string).ok_or_else(|| {
-                        anyhow!("{} line {}: no string field 'text'", path.display(), i + 1)
-                    })
-                })
-                .collect::<Result<_>>()?,
+            Corpus::Ptb => lines(false, true),
+            Corpus::Lm1b => lines(false, false),
+            Corpus::Lambada | Corpus::SciPapers => Format::Jsonl {
+                field: self.column().to_string(),
+            },
             // The HF ag_news loader joins title and description with a space; the label is unused.
-            Corpus::AgNews => parse_csv(&text)
-                .with_context(|| format!("parsing {}", path.display()))?
+            Corpus::AgNews => Format::AgNewsCsv,
+            Corpus::Text8 => Format::Whole,
+        };
+        names.iter().map(|n| (*n, format.clone())).collect()
+    }
+
+    /// The split's raw files under `raw`, or one line naming the dataset, the folder and the
+    /// files it wants. `chunk` is the text8 chunk length in characters.
+    pub fn local_files(
+        self,
+        name: &str,
+        raw: &Path,
+        split: Split,
+        chunk: usize,
+    ) -> Result<Vec<RawFile>> {
+        if self == Corpus::Text8 {
+            return text8_files(name, raw, split, chunk);
+        }
+        if let Some((file, format)) = self
+            .split_files(split)
+            .into_iter()
+            .map(|(f, fmt)| (raw.join(f), fmt))
+            .find(|(p, _)| p.is_file())
+        {
+            return Ok(vec![RawFile::new(file, format)]);
+        }
+        let parquet = parquet_files(raw, self.hub_split(split));
+        if !parquet.is_empty() {
+            return Ok(parquet
                 .into_iter()
-                .enumerate()
-                .map(|(i, rec)| match &rec[..] {
-                    [_, title, description, ..] => Ok(format!("{title} {description}")),
-                    _ => bail!(
-                        "{} record {}: expected label,title,description",
-                        path.display(),
-                        i + 1
-                    ),
+                .map(|p| {
+                    RawFile::new(
+                        p,
+                        Format::Parquet {
+                            column: self.column().to_string(),
+                        },
+                    )
                 })
-                .collect::<Result<_>>()?,
-        })
+                .collect());
+        }
+        let names: Vec<&str> = self.split_files(split).iter().map(|(n, _)| *n).collect();
+        bail!(
+            "data '{name}' {} split is not available offline: put {} (or Parquet files {hub}/*.parquet with column '{}') in {} (small copies of several corpora are in the shared data folder)",
+            split.as_str(),
+            names.join(" or "),
+            self.column(),
+            raw.display(),
+            hub = self.hub_split(split),
+        )
     }
 }
 
-/// RFC 4180 records: comma separated, fields optionally double-quoted with `""` as a quote.
-fn parse_csv(text: &str) -> Result<Vec<Vec<String>>> {
-    let mut records = Vec::new();
-    let mut record = Vec::new();
-    let mut field = String::new();
-    let mut chars = text.chars().peekable();
-    let mut quoted = false;
-    let mut any = false;
-    while let Some(c) = chars.next() {
-        if quoted {
-            match c {
-                '"' if chars.peek() == Some(&'"') => {
-                    chars.next();
-                    field.push('"');
-                }
-                '"' => quoted = false,
-                _ => field.push(c),
-            }
-            continue;
-        }
-        match c {
-            '"' => {
-                quoted = true;
-                any = true;
-            }
-            ',' => {
-                record.push(std::mem::take(&mut field));
-                any = true;
-            }
-            '\r' => {}
-            '\n' => {
-                if any || !field.is_empty() {
-                    record.push(std::mem::take(&mut field));
-                    records.push(std::mem::take(&mut record));
-                }
-                any = false;
-            }
-            _ => {
-                field.push(c);
-                any = true;
-            }
-        }
+/// Parquet files for the Hub split `split` in `raw`: `<split>/*.parquet`, else
+/// `<split>-*.parquet` (the names `datasets` gives shards), in name order.
+pub fn parquet_files(raw: &Path, split: &str) -> Vec<PathBuf> {
+    let nested = list_files(&raw.join(split), &["parquet"]);
+    if !nested.is_empty() {
+        return nested;
     }
-    if quoted {
-        bail!("unterminated quoted field");
+    list_files(raw, &["parquet"])
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{split}-")))
+        })
+        .collect()
+}
+
+/// text8 as the reference reads it: its own split files when present, else the one `text8`
+/// file (extracted from `text8.zip` on first use) cut at 90M and 95M characters; each split is
+/// then cut into `chunk`-character documents, the short tail dropped.
+fn text8_files(name: &str, raw: &Path, split: Split, chunk: usize) -> Result<Vec<RawFile>> {
+    let chunk = chunk as u64;
+    let own = raw.join(format!("text8.{}.txt", split.as_str()));
+    if own.is_file() {
+        let end = std::fs::metadata(&own)
+            .with_context(|| format!("reading {}", own.display()))?
+            .len();
+        return Ok(vec![RawFile::new(
+            own,
+            Format::Chunks {
+                start: 0,
+                end,
+                size: chunk,
+            },
+        )]);
     }
-    if any || !field.is_empty() {
-        record.push(field);
-        records.push(record);
+    let whole = raw.join("text8");
+    let zip = raw.join("text8.zip");
+    if !whole.is_file() && zip.is_file() {
+        extract_text8(&zip, &whole)?;
     }
-    Ok(records)
+    if !whole.is_file() {
+        bail!(
+            "data '{name}' is not available offline: put the text8 corpus in {} as 'text8' or 'text8.zip' (or the split files text8.train.txt, text8.validation.txt, text8.test.txt)",
+            raw.display()
+        );
+    }
+    let len = std::fs::metadata(&whole)
+        .with_context(|| format!("reading {}", whole.display()))?
+        .len();
+    let (start, end) = match split {
+        Split::Train => (0, TEXT8_TRAIN_END),
+        Split::Validation => (TEXT8_TRAIN_END, TEXT8_VALID_END),
+        Split::Test => (TEXT8_VALID_END, len),
+    };
+    if len < end {
+        bail!(
+            "{} has {len} characters; the reference's text8 splits need {end} (for a smaller corpus use text8.train.txt / text8.validation.txt / text8.test.txt)",
+            whole.display()
+        );
+    }
+    Ok(vec![RawFile::new(
+        whole,
+        Format::Chunks {
+            start,
+            end,
+            size: chunk,
+        },
+    )])
+}
+
+/// The `text8` member of the reference's download, written atomically next to it.
+fn extract_text8(zip: &Path, out: &Path) -> Result<()> {
+    let file = std::fs::File::open(zip).with_context(|| format!("opening {}", zip.display()))?;
+    let mut archive =
+        zip::ZipArchive::new(file).with_context(|| format!("reading {}", zip.display()))?;
+    let mut member = archive
+        .by_name("text8")
+        .with_context(|| format!("{} has no member 'text8'", zip.display()))?;
+    let mut bytes = Vec::with_capacity(member.size() as usize);
+    std::io::Read::read_to_end(&mut member, &mut bytes)
+        .with_context(|| format!("extracting text8 from {}", zip.display()))?;
+    super::blocks::write_atomic(out, &bytes)
 }
 
 /// The detokenizer over all rows (rayon); `None` leaves them as they are.
@@ -253,18 +335,4 @@ pub fn rows_to_blocks(
         lengths: Some(lengths),
         tokens,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn csv_quotes_and_commas() {
-        let r = parse_csv("\"3\",\"a, b\",\"say \"\"hi\"\"\"\n\"1\",x,y\n").unwrap();
-        assert_eq!(
-            r,
-            vec![vec!["3", "a, b", "say \"hi\""], vec!["1", "x", "y"]]
-        );
-    }
 }

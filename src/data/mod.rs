@@ -11,6 +11,7 @@ pub mod detok;
 pub mod hf;
 pub mod loader;
 pub mod prepare;
+pub mod source;
 pub mod tokenizer;
 pub mod wrap;
 

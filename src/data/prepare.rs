@@ -1,23 +1,30 @@
 //! Raw corpus → tokenized, wrapped blocks on disk, prepared once and memory-mapped afterwards
 //! (nanoGPT's `train.bin`, with llm.c's magic number and version).
 //!
-//! A corpus is a folder `<cache_dir>/<name>/raw/`. The row-based corpora of the reference
-//! (`wikitext2`, `ptb`, `lambada`, `ag_news`, ...; see [`super::corpus`]) are read from their own
-//! split files, detokenized and tokenised row by row as `get_dataset` does. Any other name is a
-//! folder of `*.txt` files, one document per file, taken
-//! in file-name order. Document `i` belongs to the validation split when `i % 20 == 19`, else to
-//! train; a corpus of fewer than 20 documents gives its last document to validation. Whole
-//! documents are held out (rather than the tail of each) so no play is seen in both splits. For
-//! the 42 Shakespeare texts that holds out `macbeth` and `twelfth_night`.
+//! A corpus is a folder `<cache_dir>/<name>/raw/`. The reference's corpora (`wikitext2`, `ptb`,
+//! `lambada`, `text8`, ...; see [`super::corpus`]) are read from their own split files,
+//! detokenized and tokenised row by row as `get_dataset` does. OpenWebText is a folder of JSONL,
+//! text or Parquet files split by position as the reference splits it. Any other name is a folder
+//! of `*.txt` (one document per file), `*.jsonl` or `*.parquet` files (one document per row, the
+//! `text` field), taken in file-name order. Document `i` belongs to the validation split when
+//! `i % 20 == 19`, else to train; a corpus of fewer than 20 documents gives its last document to
+//! validation. Whole documents are held out (rather than the tail of each) so no play is seen in
+//! both splits. For the 42 Shakespeare texts that holds out `macbeth` and `twelfth_night`.
+//!
+//! Preparation streams: documents are read lazily, tokenised in parallel a batch at a time
+//! (whole multiples of the reference's 1000-document map batch, so the wrap remainders fall where
+//! the reference drops them), and appended to the output file, so memory stays flat whatever the
+//! corpus size.
 //!
 //! Outputs: `<cache_dir>/<name>/<tokenizer>-L<block_size>-<split>.bin` (`-nowrap-` before the
 //! split for the padded layout) and a `.json` sidecar recording what made it. A file whose
 //! sidecar does not match the current recipe (tokenizer, block size, sources, format version, ...)
 //! or whose header is damaged is rebuilt.
 
-use super::blocks::{FORMAT_VERSION, TokenBlocks, write_atomic, write_blocks};
+use super::blocks::{BlockWriter, FORMAT_VERSION, TokenBlocks, write_atomic};
 use super::corpus::{Corpus, detokenize_rows, rows_to_blocks};
 use super::detok::Detokenizer;
+use super::source::{Format, RawFile, SourceFile, documents, fingerprint, list_files};
 use super::tokenizer::Tokenizer;
 use super::tokenizer_by_name;
 use super::wrap::REFERENCE_MAP_BATCH_SIZE;
@@ -54,6 +61,7 @@ pub struct DataSpec {
 pub enum Split {
     Train,
     Validation,
+    Test,
 }
 
 impl Split {
@@ -61,17 +69,18 @@ impl Split {
         match self {
             Split::Train => "train",
             Split::Validation => "validation",
+            Split::Test => "test",
         }
     }
-}
 
-/// One raw input file as the sidecar records it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SourceFile {
-    pub name: String,
-    pub bytes: u64,
-    /// FNV-1a 64 of the contents: a change detector, not a security check.
-    pub fnv1a64: String,
+    pub fn parse(name: &str) -> Result<Split> {
+        Ok(match name {
+            "train" => Split::Train,
+            "validation" | "valid" => Split::Validation,
+            "test" => Split::Test,
+            other => bail!("unknown split '{other}' (train, validation, test)"),
+        })
+    }
 }
 
 /// Everything that determines a prepared file's contents; a sidecar whose recipe differs from the
@@ -130,10 +139,45 @@ pub struct Prepared {
 /// Finds (or builds) both splits. Missing data fails before any work, with one line naming what
 /// is missing, where it was looked for, and what to run.
 pub fn prepare(spec: &DataSpec) -> Result<Prepared> {
-    // The data is the first thing a user lacks offline; say so before anything else.
-    let train_raw = raw_dir(&spec.cache_dir, &spec.name)?;
-    let valid_raw = raw_dir(&spec.cache_dir, &spec.valid_name)?;
+    check_block_size(spec)?;
+    // The data is the first thing a user lacks offline; say so before loading a tokenizer.
+    let train_layout = layout(spec, &spec.name, Split::Train)?;
+    let valid_layout = layout(spec, &spec.valid_name, Split::Validation)?;
     let tokenizer = tokenizer_by_name(&spec.tokenizer)?;
+    let (train, train_meta) =
+        prepare_split(spec, &spec.name, Split::Train, &train_layout, &*tokenizer)?;
+    let (valid, valid_meta) = prepare_split(
+        spec,
+        &spec.valid_name,
+        Split::Validation,
+        &valid_layout,
+        &*tokenizer,
+    )?;
+    Ok(Prepared {
+        tokenizer,
+        train: Arc::new(train),
+        valid: Arc::new(valid),
+        train_meta,
+        valid_meta,
+    })
+}
+
+/// One split of one dataset (for evaluation-only corpora such as `lambada`, a test split, or
+/// tests), with the tokenizer `spec.tokenizer` names; reuses the prepared file when its recipe
+/// still matches.
+pub fn prepare_one(
+    spec: &DataSpec,
+    dataset: &str,
+    split: Split,
+) -> Result<(TokenBlocks, PreparedMeta, Box<dyn Tokenizer>)> {
+    check_block_size(spec)?;
+    let layout = layout(spec, dataset, split)?;
+    let tokenizer = tokenizer_by_name(&spec.tokenizer)?;
+    let (blocks, meta) = prepare_split(spec, dataset, split, &layout, &*tokenizer)?;
+    Ok((blocks, meta, tokenizer))
+}
+
+fn check_block_size(spec: &DataSpec) -> Result<()> {
     let min_block = if spec.wrap { 3 } else { 1 };
     if spec.block_size < min_block {
         bail!(
@@ -146,55 +190,22 @@ pub fn prepare(spec: &DataSpec) -> Result<Prepared> {
             }
         );
     }
-    let (train, train_meta) =
-        prepare_split(spec, &spec.name, &train_raw, Split::Train, &*tokenizer)?;
-    let (valid, valid_meta) = prepare_split(
-        spec,
-        &spec.valid_name,
-        &valid_raw,
-        Split::Validation,
-        &*tokenizer,
-    )?;
-    Ok(Prepared {
-        tokenizer,
-        train: Arc::new(train),
-        valid: Arc::new(valid),
-        train_meta,
-        valid_meta,
-    })
+    Ok(())
 }
 
-/// One split of one dataset (for evaluation-only corpora such as `lambada`, or tests), with the
-/// tokenizer `spec.tokenizer` names; reuses the prepared file when its recipe still matches.
-pub fn prepare_one(
-    spec: &DataSpec,
-    dataset: &str,
-    split: Split,
-) -> Result<(TokenBlocks, PreparedMeta, Box<dyn Tokenizer>)> {
-    let raw = raw_dir(&spec.cache_dir, dataset)?;
-    let tokenizer = tokenizer_by_name(&spec.tokenizer)?;
-    let (blocks, meta) = prepare_split(spec, dataset, &raw, split, &*tokenizer)?;
-    Ok((blocks, meta, tokenizer))
-}
-
-/// `<cache_dir>/<name>/raw`, if it holds at least one `*.txt`.
+/// `<cache_dir>/<source>/raw`, if it holds something to read.
 pub fn raw_dir(cache_dir: &Path, name: &str) -> Result<PathBuf> {
     let dir = cache_dir.join(source_name(name)).join("raw");
-    if let Some(corpus) = Corpus::by_name(name) {
+    if Corpus::by_name(name).is_some() {
         if dir.is_dir() {
             return Ok(dir);
         }
-        let files: Vec<&str> = [Split::Train, Split::Validation]
-            .iter()
-            .flat_map(|&s| corpus.split_files(s).iter().copied())
-            .collect();
         bail!(
-            "data '{name}' is not available offline: {} does not exist; put the split files ({}) there (small copies of several corpora are in the shared data folder)",
-            dir.display(),
-            files.join(", ")
+            "data '{name}' is not available offline: {} does not exist; put the corpus's split files there (see the README's data section; small copies of several corpora are in the shared data folder)",
+            dir.display()
         );
     }
-    if !list_texts(&dir).map(|v| v.is_empty()).unwrap_or(true) {
+    if !folder_files(&dir).is_empty() {
         return Ok(dir);
     }
     if name == SHAKESPEARE {
@@ -209,13 +220,26 @@ pub fn raw_dir(cache_dir: &Path, name: &str) -> Result<PathBuf> {
     )
 }
 
-fn list_texts(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "txt" || e == "jsonl"))
-        .collect();
-    files.sort();
-    Ok(files)
+/// A document folder's inputs: `*.txt` one document each, `*.jsonl` and `*.parquet` one per row
+/// (field/column `text`), all in file-name order.
+fn folder_files(dir: &Path) -> Vec<RawFile> {
+    let mut files = list_files(dir, &["txt", "jsonl", "parquet"]);
+    files.extend(list_files(&dir.join("train"), &["parquet"]));
+    files
+        .into_iter()
+        .map(|p| {
+            let format = match p.extension().and_then(|e| e.to_str()) {
+                Some("txt") => Format::Whole,
+                Some("jsonl") => Format::Jsonl {
+                    field: "text".into(),
+                },
+                _ => Format::Parquet {
+                    column: "text".into(),
+                },
+            };
+            RawFile::new(p, format)
+        })
+        .collect()
 }
 
 /// Where a split's prepared file lives (its sidecar has the same stem and `.json`).
@@ -246,96 +270,147 @@ pub fn prepared_path(
     ))
 }
 
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 /// The reference's `openwebtext-split`: the last 100,000 documents of OpenWebText's train split
 /// are `openwebtext-valid` (`train[-100000:]`), the rest `openwebtext-train`.
 pub const OWT_VALID_DOCS: usize = 100_000;
 const OWT_SPLIT_RULE: &str = "documents in file order (JSONL rows in line order); openwebtext-valid = the last 100000, openwebtext-train = the rest, openwebtext = all";
+const CORPUS_SPLIT_RULE: &str = "the corpus's own split files";
 
-/// The folder a dataset's raw files live in: both halves of `openwebtext-split` read one corpus.
+/// The folder a dataset's raw files live in: both halves of `openwebtext-split` read one corpus,
+/// and `text8-crop` reads text8.
 pub fn source_name(dataset: &str) -> &str {
     match dataset {
         "openwebtext-train" | "openwebtext-valid" => "openwebtext",
+        "text8-crop" => "text8",
         d => d,
     }
 }
 
-/// Which documents of a folder corpus a dataset takes: OpenWebText's names select by position
-/// whatever the split, as the reference's `get_dataset` does; others use [`split_documents`].
-fn select_documents(dataset: &str, n: usize, split: Split) -> Vec<usize> {
-    let cut = n.saturating_sub(OWT_VALID_DOCS);
-    match dataset {
-        "openwebtext-train" => (0..cut).collect(),
-        "openwebtext-valid" => (cut..n).collect(),
-        "openwebtext" => (0..n).collect(),
-        _ => split_documents(n, split),
+/// Indices of the documents in `split` out of `n` (the document-folder rule).
+pub fn split_documents(n: usize, split: Split) -> Vec<usize> {
+    (0..n)
+        .filter(|&i| Select::HeldOut(split).keeps(i, n))
+        .collect()
+}
+
+/// Which of a split's documents (by index in reading order) it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Select {
+    All,
+    /// The first `n - OWT_VALID_DOCS` (`true`: the last `OWT_VALID_DOCS`) documents.
+    OwtTail(bool),
+    /// Every 20th document for validation, the others for train.
+    HeldOut(Split),
+}
+
+impl Select {
+    /// Whether the selection needs the document count before reading.
+    fn needs_count(self) -> bool {
+        self != Select::All
+    }
+
+    fn keeps(self, i: usize, n: usize) -> bool {
+        match self {
+            Select::All => true,
+            Select::OwtTail(tail) => (i >= n.saturating_sub(OWT_VALID_DOCS)) == tail,
+            Select::HeldOut(split) => {
+                let held_out = if n < VALID_EVERY {
+                    i + 1 == n
+                } else {
+                    i % VALID_EVERY == VALID_EVERY - 1
+                };
+                held_out == (split == Split::Validation)
+            }
+        }
     }
 }
 
-/// Indices of the documents in `split` out of `n`.
-pub fn split_documents(n: usize, split: Split) -> Vec<usize> {
-    let held_out = |i: usize| {
-        if n < VALID_EVERY {
-            i + 1 == n
+/// What one split of one dataset reads, and how.
+#[derive(Debug, Clone)]
+struct Layout {
+    files: Vec<RawFile>,
+    select: Select,
+    detok: Option<Detokenizer>,
+    /// The prepared block length: `model.length`, doubled for text8-crop's training split.
+    block_size: usize,
+    split_rule: &'static str,
+}
+
+fn layout(spec: &DataSpec, dataset: &str, split: Split) -> Result<Layout> {
+    let raw = raw_dir(&spec.cache_dir, dataset)?;
+    if let Some(corpus) = Corpus::by_name(dataset) {
+        // text8-crop trains on blocks twice the model length, cut from 4L-character chunks,
+        // and crops them at training time (`get_dataset` / `_maybe_sub_sample`).
+        let crop = dataset == "text8-crop" && split == Split::Train;
+        let block_size = if crop {
+            2 * spec.block_size
         } else {
-            i % VALID_EVERY == VALID_EVERY - 1
-        }
+            spec.block_size
+        };
+        let chunk = if crop { 2 * block_size } else { block_size };
+        return Ok(Layout {
+            files: corpus.local_files(dataset, &raw, split, chunk)?,
+            select: Select::All,
+            detok: Detokenizer::for_dataset(dataset),
+            block_size,
+            split_rule: CORPUS_SPLIT_RULE,
+        });
+    }
+    let owt = source_name(dataset) == "openwebtext";
+    let select = match dataset {
+        "openwebtext-train" => Select::OwtTail(false),
+        "openwebtext-valid" => Select::OwtTail(true),
+        "openwebtext" => Select::All,
+        _ if split == Split::Test => bail!(
+            "data '{dataset}' has no test split (a document folder is split into train and validation only)"
+        ),
+        _ => Select::HeldOut(split),
     };
-    (0..n)
-        .filter(|&i| held_out(i) == (split == Split::Validation))
-        .collect()
+    Ok(Layout {
+        files: folder_files(&raw),
+        select,
+        detok: None,
+        block_size: spec.block_size,
+        split_rule: if owt { OWT_SPLIT_RULE } else { SPLIT_RULE },
+    })
+}
+
+/// Documents per preparation batch: whole map batches, and about this much text at once
+/// (`MDLM_PREP_BATCH_BYTES` changes it; the result is the same whatever its value, only memory
+/// and parallelism change).
+const BATCH_BYTES: usize = 32 << 20;
+
+fn batch_bytes() -> usize {
+    std::env::var("MDLM_PREP_BATCH_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&b| b > 0)
+        .unwrap_or(BATCH_BYTES)
 }
 
 fn prepare_split(
     spec: &DataSpec,
     dataset: &str,
-    raw: &Path,
     split: Split,
+    layout: &Layout,
     tokenizer: &dyn Tokenizer,
 ) -> Result<(TokenBlocks, PreparedMeta)> {
-    let insert_eos = split == Split::Train || spec.insert_valid_eos;
-    let corpus = Corpus::by_name(dataset);
-    let files = match corpus {
-        Some(c) => vec![c.find_split_file(dataset, raw, split)?],
-        None => list_texts(raw).with_context(|| format!("listing {}", raw.display()))?,
-    };
-    let detok = corpus.and_then(|_| Detokenizer::for_dataset(dataset));
-    let contents: Vec<Vec<u8>> = files
+    let insert_eos = split != Split::Validation || spec.insert_valid_eos;
+    let sources: Vec<SourceFile> = layout
+        .files
         .iter()
-        .map(|f| std::fs::read(f).with_context(|| format!("reading {}", f.display())))
+        .map(fingerprint)
         .collect::<Result<_>>()?;
-    let sources: Vec<SourceFile> = files
-        .iter()
-        .zip(&contents)
-        .map(|(f, c)| SourceFile {
-            name: f.file_name().unwrap().to_string_lossy().into_owned(),
-            bytes: c.len() as u64,
-            fnv1a64: format!("{:016x}", fnv1a64(c)),
-        })
-        .collect();
     let recipe = Recipe {
         format_version: FORMAT_VERSION,
         dataset: dataset.to_string(),
         split: split.as_str().to_string(),
-        split_rule: if source_name(dataset) == "openwebtext" {
-            OWT_SPLIT_RULE
-        } else {
-            SPLIT_RULE
-        }
-        .to_string(),
+        split_rule: layout.split_rule.to_string(),
         tokenizer: tokenizer.name().to_string(),
         tokenizer_identity: tokenizer.identity(),
-        detokenizer: detok.map(|d| d.name().to_string()),
+        detokenizer: layout.detok.map(|d| d.name().to_string()),
         vocab_size: id_space(tokenizer),
-        block_size: spec.block_size,
+        block_size: layout.block_size,
         wrap: spec.wrap,
         map_batch_size: REFERENCE_MAP_BATCH_SIZE,
         insert_eos,
@@ -345,7 +420,7 @@ fn prepare_split(
         &spec.cache_dir,
         dataset,
         tokenizer.name(),
-        spec.block_size,
+        layout.block_size,
         spec.wrap,
         split,
     );
@@ -371,153 +446,214 @@ fn prepare_split(
         Err(_) => {}
     }
 
-    if let Some(c) = corpus {
-        let rows = c.read_rows(&files[0])?;
-        let rows = detokenize_rows(detok, &rows);
-        let made = rows_to_blocks(
-            tokenizer,
-            &rows,
-            spec.wrap,
-            spec.block_size,
-            REFERENCE_MAP_BATCH_SIZE,
-            insert_eos,
-        )?;
-        let documents = vec![format!(
-            "{} ({} rows)",
-            files[0].file_name().unwrap().to_string_lossy(),
-            rows.len()
-        )];
-        return finish(
-            spec,
-            dataset,
-            split,
-            recipe,
-            &path,
-            &sidecar,
-            documents,
-            made.tokens,
-            made.ids,
-            made.lengths,
-        );
-    }
+    let total = if layout.select.needs_count() {
+        let mut n = 0;
+        for f in &layout.files {
+            n += f.count()?;
+        }
+        Some(n)
+    } else {
+        None
+    };
+    let made = stream_blocks(
+        spec, dataset, split, layout, tokenizer, &path, insert_eos, total,
+    )?;
+    let documents = describe_documents(layout, &made.chosen, made.seen);
+    let meta = PreparedMeta {
+        recipe,
+        documents,
+        tokens: made.tokens,
+        blocks: made.blocks,
+        made_by: format!("mdlm {} data::prepare", env!("CARGO_PKG_VERSION")),
+    };
+    // The sidecar goes last: a .bin without a matching sidecar is never trusted.
+    write_atomic(&sidecar, serde_json::to_string_pretty(&meta)?.as_bytes())?;
+    tracing::info!(path = %path.display(), documents = made.seen, tokens = made.tokens, blocks = made.blocks, "prepared data");
+    Ok((TokenBlocks::open(&path)?, meta))
+}
 
-    // A `.txt` file is one document; a `.jsonl` file one document per row (its `text` field).
-    let mut all_docs: Vec<(usize, String)> = Vec::new();
-    for (f, (path, bytes)) in files.iter().zip(&contents).enumerate() {
-        if path.extension().is_some_and(|e| e == "jsonl") {
-            for (line_no, line) in String::from_utf8_lossy(bytes).lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let v: serde_json::Value = serde_json::from_str(line)
-                    .with_context(|| format!("{}:{}: not JSON", path.display(), line_no + 1))?;
-                let text = v["text"].as_str().with_context(|| {
-                    format!("{}:{}: no \"text\" field", path.display(), line_no + 1)
-                })?;
-                all_docs.push((f, text.to_string()));
-            }
+/// What [`stream_blocks`] did.
+struct Streamed {
+    tokens: usize,
+    blocks: usize,
+    /// Documents read (before selection).
+    seen: usize,
+    /// Indices of the documents kept, for document folders of one document per file; the count
+    /// otherwise (OpenWebText can hold millions).
+    chosen: Chosen,
+}
+
+enum Chosen {
+    Indices(Vec<usize>),
+    Count(usize),
+}
+
+/// Reads the split's documents on a thread of their own and tokenises/wraps/writes them here a
+/// batch at a time, so reading overlaps tokenising and memory holds about two batches.
+#[allow(clippy::too_many_arguments)]
+fn stream_blocks(
+    spec: &DataSpec,
+    dataset: &str,
+    split: Split,
+    layout: &Layout,
+    tokenizer: &dyn Tokenizer,
+    path: &Path,
+    insert_eos: bool,
+    total: Option<usize>,
+) -> Result<Streamed> {
+    let keep_indices = layout.files.iter().all(|f| f.format == Format::Whole);
+    let mut writer = BlockWriter::create(path, layout.block_size, id_space(tokenizer), !spec.wrap)?;
+    let progress = progress_bar(dataset, split, total);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<String>>>(1);
+    let files = layout.files.clone();
+    let select = layout.select;
+    let target_bytes = batch_bytes();
+    let reader = std::thread::spawn(move || -> (usize, Chosen) {
+        let mut seen = 0;
+        let mut chosen = if keep_indices {
+            Chosen::Indices(Vec::new())
         } else {
-            all_docs.push((f, String::from_utf8_lossy(bytes).into_owned()));
+            Chosen::Count(0)
+        };
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        for doc in documents(&files) {
+            let doc = match doc {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return (seen, chosen);
+                }
+            };
+            let i = seen;
+            seen += 1;
+            if !select.keeps(i, total.unwrap_or(0)) {
+                continue;
+            }
+            match &mut chosen {
+                Chosen::Indices(v) => v.push(i),
+                Chosen::Count(c) => *c += 1,
+            }
+            bytes += doc.len();
+            batch.push(doc);
+            if batch.len() % REFERENCE_MAP_BATCH_SIZE == 0 && bytes >= target_bytes {
+                bytes = 0;
+                if tx.send(Ok(std::mem::take(&mut batch))).is_err() {
+                    return (seen, chosen);
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let _ = tx.send(Ok(batch));
+        }
+        (seen, chosen)
+    });
+    let mut tokens = 0;
+    let mut failure = None;
+    for batch in rx.iter() {
+        let step = (|| -> Result<()> {
+            let rows = detokenize_rows(layout.detok, &batch?);
+            let made = rows_to_blocks(
+                tokenizer,
+                &rows,
+                spec.wrap,
+                layout.block_size,
+                REFERENCE_MAP_BATCH_SIZE,
+                insert_eos,
+            )?;
+            tokens += made.tokens;
+            writer.push(&made.ids, made.lengths.as_deref())?;
+            progress.inc(rows.len() as u64);
+            Ok(())
+        })();
+        if let Err(e) = step {
+            failure = Some(e);
+            break;
         }
     }
-    let chosen = select_documents(dataset, all_docs.len(), split);
-    if chosen.is_empty() {
+    // Dropping the receiver stops the reader at its next send.
+    drop(rx);
+    let (seen, chosen) = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the document reader panicked"))?;
+    progress.finish_and_clear();
+    if let Some(e) = failure {
+        return Err(e.context(format!(
+            "preparing data '{dataset}' {} split",
+            split.as_str()
+        )));
+    }
+    let n_chosen = match &chosen {
+        Chosen::Indices(v) => v.len(),
+        Chosen::Count(c) => *c,
+    };
+    if n_chosen == 0 {
         bail!(
-            "data '{dataset}': {} holds {} document(s), none left for the {} split ({})",
-            raw.display(),
-            all_docs.len(),
+            "data '{dataset}': {} document(s) read, none left for the {} split ({})",
+            seen,
             split.as_str(),
-            if source_name(dataset) == "openwebtext" {
-                OWT_SPLIT_RULE
-            } else {
-                SPLIT_RULE
-            }
+            layout.split_rule
         );
     }
-    // The same row path as the row corpora (rayon spreads the documents over the cores).
-    // Character tokenizers add no special tokens, so their `wrap=false` blocks are the plain
-    // documents cut and padded.
-    let texts: Vec<String> = chosen.iter().map(|&i| all_docs[i].1.clone()).collect();
-    let made = rows_to_blocks(
-        tokenizer,
-        &texts,
-        spec.wrap,
-        spec.block_size,
-        REFERENCE_MAP_BATCH_SIZE,
-        insert_eos,
-    )?;
-    let (tokens, ids, lengths) = (made.tokens, made.ids, made.lengths);
-    // File names for one-document files; a count for JSONL corpora, which can hold millions.
-    let documents = if all_docs.len() == files.len() {
-        chosen
-            .iter()
-            .map(|&i| {
-                files[all_docs[i].0]
-                    .file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect()
-    } else {
-        vec![format!(
-            "{} of {} documents in {} file(s)",
-            chosen.len(),
-            all_docs.len(),
-            files.len()
-        )]
+    if writer.blocks() == 0 {
+        bail!(
+            "data '{dataset}' {} split: {tokens} tokens make no block of {}; use a shorter block or more text",
+            split.as_str(),
+            layout.block_size
+        );
+    }
+    let blocks = writer.finish()?;
+    Ok(Streamed {
+        tokens,
+        blocks,
+        seen,
+        chosen,
+    })
+}
+
+fn progress_bar(dataset: &str, split: Split, total: Option<usize>) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let bar = match total {
+        Some(n) => ProgressBar::new(n as u64).with_style(
+            ProgressStyle::with_template(
+                "{msg} {bar:30} {pos}/{len} documents ({per_sec}, ETA {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{msg} {spinner} {pos} documents ({per_sec})")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ),
     };
-    finish(
-        spec, dataset, split, recipe, &path, &sidecar, documents, tokens, ids, lengths,
-    )
+    bar.set_draw_target(ProgressDrawTarget::stderr());
+    bar.set_message(format!("tokenizing {dataset} {}", split.as_str()));
+    bar
+}
+
+/// The sidecar's `documents`: file names for one-document files, else rows per file or a count.
+fn describe_documents(layout: &Layout, chosen: &Chosen, seen: usize) -> Vec<String> {
+    let name = |f: &RawFile| {
+        f.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    match chosen {
+        Chosen::Indices(v) => v.iter().map(|&i| name(&layout.files[i])).collect(),
+        Chosen::Count(c) if layout.select == Select::All && layout.files.len() == 1 => {
+            vec![format!("{} ({c} rows)", name(&layout.files[0]))]
+        }
+        Chosen::Count(c) => vec![format!(
+            "{c} of {seen} documents in {} file(s)",
+            layout.files.len()
+        )],
+    }
 }
 
 /// The id space stored tokens live in: the vocabulary, plus the mask the model appends when the
 /// tokenizer has none.
 pub fn id_space(tokenizer: &dyn Tokenizer) -> usize {
     tokenizer.vocab_size() + usize::from(tokenizer.mask_id().is_none())
-}
-
-/// Writes the blocks and then the sidecar, and maps the result.
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    spec: &DataSpec,
-    dataset: &str,
-    split: Split,
-    recipe: Recipe,
-    path: &Path,
-    sidecar: &Path,
-    documents: Vec<String>,
-    tokens: usize,
-    ids: Vec<u32>,
-    lengths: Option<Vec<u32>>,
-) -> Result<(TokenBlocks, PreparedMeta)> {
-    let blocks = ids.len() / spec.block_size;
-    if blocks == 0 {
-        bail!(
-            "data '{dataset}' {} split: {tokens} tokens make no block of {}; use a shorter block or more text",
-            split.as_str(),
-            spec.block_size
-        );
-    }
-    write_blocks(
-        path,
-        &ids,
-        spec.block_size,
-        recipe.vocab_size,
-        lengths.as_deref(),
-    )?;
-    let meta = PreparedMeta {
-        recipe,
-        documents,
-        tokens,
-        blocks,
-        made_by: format!("mdlm {} data::prepare", env!("CARGO_PKG_VERSION")),
-    };
-    // The sidecar goes last: a .bin without a matching sidecar is never trusted.
-    write_atomic(sidecar, serde_json::to_string_pretty(&meta)?.as_bytes())?;
-    tracing::info!(path = %path.display(), documents = meta.documents.len(), tokens, blocks, "prepared data");
-    Ok((TokenBlocks::open(path)?, meta))
 }
 
 fn reuse(path: &Path, sidecar: &Path, recipe: &Recipe) -> Result<(TokenBlocks, PreparedMeta)> {

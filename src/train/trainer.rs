@@ -43,6 +43,9 @@ pub struct TrainPlan {
     pub metrics_path: PathBuf,
     pub config_yaml: String,
     pub progress: bool,
+    /// text8-crop: training blocks twice this length are cut to a random window of it whose first
+    /// token becomes this BOS id (`(model.length, bos)`; the reference's `_maybe_sub_sample`).
+    pub crop: Option<(i64, i64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -138,8 +141,9 @@ pub fn train(
             let batch = train_loader
                 .next_batch()
                 .context("the training split yields no batch")?;
-            let (b, l) = batch.x.size2()?;
-            let parts = model.batch_loss(diffusion, &batch.x, &batch.attention_mask, true)?;
+            let (x, mask) = maybe_crop(plan.crop, batch.x, batch.attention_mask)?;
+            let (b, l) = x.size2()?;
+            let parts = model.batch_loss(diffusion, &x, &mask, true)?;
             (&parts.loss / plan.accumulate as f64).backward();
             let this = parts.loss.detach();
             loss_sum = Some(match loss_sum {
@@ -260,6 +264,31 @@ pub fn train(
         tokens_per_s,
         last_loss,
     })
+}
+
+/// One window start per batch, drawn from the step's reseeded generator (so a resumed run crops
+/// where the straight run cropped), as the reference draws one `np.random.choice` per batch.
+fn maybe_crop(
+    crop: Option<(i64, i64)>,
+    x: tch::Tensor,
+    mask: tch::Tensor,
+) -> Result<(tch::Tensor, tch::Tensor)> {
+    let Some((length, bos)) = crop else {
+        return Ok((x, mask));
+    };
+    let (_, l) = x.size2()?;
+    if l == length {
+        return Ok((x, mask));
+    }
+    if l != 2 * length {
+        bail!(
+            "text8-crop expects training blocks of {} tokens, got {l}",
+            2 * length
+        );
+    }
+    let start =
+        tch::Tensor::randint(length, [1], (tch::Kind::Int64, tch::Device::Cpu)).int64_value(&[0]);
+    Ok(crate::diffusion::loss::crop(&x, &mask, start, length, bos))
 }
 
 /// Token-weighted NELBO over the first `max_batches` validation batches, with draws fixed by the
