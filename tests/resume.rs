@@ -57,7 +57,7 @@ fn run_until(cache: &std::path::Path, run: &std::path::Path, stop_after: Option<
     let mut p = plan(
         &r.cfg,
         &r.run_dir,
-        tl.num_batches() as u64,
+        Some(tl.num_batches() as u64),
         vl.num_batches() as u64,
     )
     .unwrap();

@@ -2,12 +2,14 @@
 
 use super::setup::{self, Run};
 use crate::config::{Config, CountOrFraction, LrSchedulerKind};
-use crate::data::Loader;
+use crate::data::prepare::prepare_one;
+use crate::data::{Loader, Split, StreamLoader, TokenBlocks, Tokenizer, TrainBatches};
 use crate::train::lr::{CosineDecayWarmup, LrSchedule};
 use crate::train::optim::AdamWConfig;
 use crate::train::trainer::{self, TrainOutcome, TrainPlan};
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub fn run(cfg: Config) -> Result<TrainOutcome> {
     let Run {
@@ -16,11 +18,6 @@ pub fn run(cfg: Config) -> Result<TrainOutcome> {
         run_dir,
     } = setup::start(cfg)?;
     eprintln!("{}", cfg.tree());
-    let data = setup::prepare_data(&cfg)?;
-    let (vocab_size, mask_index) = setup::vocab(data.tokenizer.as_ref());
-    let diffusion = setup::diffusion(&cfg, vocab_size, mask_index)?;
-    let model = setup::build_model(&cfg, vocab_size, device)?;
-    let ema_model = setup::build_model(&cfg, vocab_size, device)?;
     let batch = cfg
         .loader
         .batch_size
@@ -29,29 +26,38 @@ pub fn run(cfg: Config) -> Result<TrainOutcome> {
         .loader
         .eval_batch_size
         .context("loader.eval_batch_size unresolved")?;
-    let mut train_loader = Loader::train(data.train.clone(), batch, cfg.seed)?.with_device(device);
-    let mut valid_loader = Loader::eval(data.valid.clone(), eval_batch)?.with_device(device);
+    let data = TrainData::new(&cfg, batch, device)?;
+    let (vocab_size, mask_index) = setup::vocab(data.tokenizer.as_ref());
+    let diffusion = setup::diffusion(&cfg, vocab_size, mask_index)?;
+    let model = setup::build_model(&cfg, vocab_size, device)?;
+    let ema_model = setup::build_model(&cfg, vocab_size, device)?;
+    let TrainData {
+        mut train_loader,
+        train_blocks,
+        train_block_size,
+        valid,
+        tokenizer,
+    } = data;
+    let mut valid_loader = Loader::eval(valid.clone(), eval_batch)?.with_device(device);
     let mut plan = plan(
         &cfg,
         &run_dir,
-        train_loader.num_batches() as u64,
+        train_blocks.map(|n| (n / batch) as u64),
         valid_loader.num_batches() as u64,
     )?;
-    if data.train.block_size() == 2 * cfg.model.length {
-        plan.crop = Some((cfg.model.length as i64, data.tokenizer.bos_id() as i64));
+    if train_block_size == 2 * cfg.model.length {
+        plan.crop = Some((cfg.model.length as i64, tokenizer.bos_id() as i64));
         eprintln!(
-            "{}: training blocks of {} are cropped to random windows of {} (BOS first)",
-            cfg.data.train,
-            data.train.block_size(),
-            cfg.model.length
+            "{}: training blocks of {train_block_size} are cropped to random windows of {} (BOS first)",
+            cfg.data.train, cfg.model.length
         );
     }
     eprintln!(
         "run dir {} | device {device:?} | {} parameters | vocab {vocab_size} (mask {mask_index}) | {} train / {} valid blocks of {} | batch {batch} x accumulate {}",
         run_dir.display(),
         model.num_params(),
-        data.train.len(),
-        data.valid.len(),
+        train_blocks.map_or("streamed".to_string(), |n| n.to_string()),
+        valid.len(),
         cfg.model.length,
         plan.accumulate
     );
@@ -63,7 +69,7 @@ pub fn run(cfg: Config) -> Result<TrainOutcome> {
         &model,
         &ema_model,
         &diffusion,
-        &mut train_loader,
+        train_loader.as_mut(),
         &mut valid_loader,
         None,
     )?;
@@ -85,11 +91,53 @@ pub fn run(cfg: Config) -> Result<TrainOutcome> {
     Ok(out)
 }
 
+/// The training batches (a prepared split, or a stream with `data.streaming=true`), the prepared
+/// validation split, and the tokenizer.
+struct TrainData {
+    train_loader: Box<dyn TrainBatches>,
+    /// Blocks in the training split; unknown for a stream.
+    train_blocks: Option<usize>,
+    train_block_size: usize,
+    valid: Arc<TokenBlocks>,
+    tokenizer: Box<dyn Tokenizer>,
+}
+
+impl TrainData {
+    fn new(cfg: &Config, batch: usize, device: tch::Device) -> Result<TrainData> {
+        if !cfg.data.streaming {
+            let data = setup::prepare_data(cfg)?;
+            let loader = Loader::train(data.train.clone(), batch, cfg.seed)?.with_device(device);
+            return Ok(TrainData {
+                train_loader: Box::new(loader),
+                train_blocks: Some(data.train.len()),
+                train_block_size: data.train.block_size(),
+                valid: data.valid,
+                tokenizer: data.tokenizer,
+            });
+        }
+        let spec = setup::data_spec(cfg);
+        let (valid, _, tokenizer) = prepare_one(&spec, &cfg.data.valid, Split::Validation)?;
+        let stream =
+            StreamLoader::train(&spec, &cfg.data.train, batch, cfg.seed)?.with_device(device);
+        eprintln!(
+            "streaming {}: documents are tokenised while training (no prepared file)",
+            cfg.data.train
+        );
+        Ok(TrainData {
+            train_block_size: stream.block_size(),
+            train_loader: Box::new(stream),
+            train_blocks: None,
+            valid: Arc::new(valid),
+            tokenizer,
+        })
+    }
+}
+
 /// Maps the config's training knobs onto the loop's plain plan (exposed for tests).
 pub fn plan(
     cfg: &Config,
     run_dir: &std::path::Path,
-    train_batches: u64,
+    train_batches: Option<u64>,
     valid_batches: u64,
 ) -> Result<TrainPlan> {
     let schedule = match cfg.lr_scheduler.target {
@@ -111,7 +159,12 @@ pub fn plan(
     };
     let val_every_batches = match cfg.trainer.val_check_interval {
         CountOrFraction::Count(n) => n,
-        CountOrFraction::Fraction(f) => ((train_batches as f64) * f).floor().max(1.0) as u64,
+        CountOrFraction::Fraction(f) => match train_batches {
+            Some(n) => ((n as f64) * f).floor().max(1.0) as u64,
+            None => bail!(
+                "trainer.val_check_interval={f} is a fraction of an epoch, which a stream (data.streaming=true) does not know; give a number of batches"
+            ),
+        },
     };
     let save_dir = PathBuf::from(
         cfg.checkpointing

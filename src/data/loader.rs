@@ -217,22 +217,54 @@ impl Loader {
     }
 
     fn gather(&self, indices: &[usize]) -> Batch {
-        let (b, l) = (indices.len(), self.blocks.block_size());
-        let mut ids = vec![0i64; b * l];
-        let mut mask = vec![1f32; b * l];
+        let l = self.blocks.block_size();
+        let mut ids = vec![0i64; indices.len() * l];
         for (row, &i) in indices.iter().enumerate() {
             self.blocks.read_block(i, &mut ids[row * l..(row + 1) * l]);
-            let n = self.blocks.valid_len(i);
-            mask[row * l + n..(row + 1) * l].fill(0.0);
         }
-        let shape = [b as i64, l as i64];
-        Batch {
-            x: Tensor::from_slice(&ids).view(shape).to_device(self.device),
-            attention_mask: Tensor::from_slice(&mask)
-                .view(shape)
-                .to_kind(Kind::Float)
-                .to_device(self.device),
-        }
+        let lengths: Vec<usize> = indices.iter().map(|&i| self.blocks.valid_len(i)).collect();
+        batch_from(&ids, &lengths, l, self.device)
+    }
+}
+
+/// What the training loop draws from: a prepared split ([`Loader`]) or a stream
+/// ([`super::stream::StreamLoader`]).
+pub trait TrainBatches {
+    /// The next training batch; an error when the data yields none or cannot be read.
+    fn next_train_batch(&mut self) -> Result<Batch>;
+    fn state(&self) -> LoaderState;
+    fn restore(&mut self, state: LoaderState) -> Result<()>;
+}
+
+impl TrainBatches for Loader {
+    fn next_train_batch(&mut self) -> Result<Batch> {
+        self.next_batch()
+            .ok_or_else(|| anyhow::anyhow!("the training split yields no batch"))
+    }
+
+    fn state(&self) -> LoaderState {
+        Loader::state(self)
+    }
+
+    fn restore(&mut self, state: LoaderState) -> Result<()> {
+        Loader::restore(self, state)
+    }
+}
+
+/// Row-major ids and per-row real lengths → a [`Batch`] on `device`.
+pub(crate) fn batch_from(ids: &[i64], lengths: &[usize], block: usize, device: Device) -> Batch {
+    let b = lengths.len();
+    let mut mask = vec![1f32; b * block];
+    for (row, &n) in lengths.iter().enumerate() {
+        mask[row * block + n..(row + 1) * block].fill(0.0);
+    }
+    let shape = [b as i64, block as i64];
+    Batch {
+        x: Tensor::from_slice(ids).view(shape).to_device(device),
+        attention_mask: Tensor::from_slice(&mask)
+            .view(shape)
+            .to_kind(Kind::Float)
+            .to_device(device),
     }
 }
 
@@ -245,9 +277,15 @@ impl Iterator for Loader {
 
 /// SplitMix64 (Steele, Lea & Flood 2014): tiny, well mixed, and fully specified, so the shuffle
 /// is the same everywhere.
-struct SplitMix64(u64);
+pub(crate) struct SplitMix64(u64);
 
 impl SplitMix64 {
+    /// The generator for one epoch of a run seeded `seed`.
+    pub(crate) fn for_epoch(seed: u64, epoch: u64) -> SplitMix64 {
+        let mut key = SplitMix64(epoch);
+        SplitMix64(seed ^ key.next_u64())
+    }
+
     fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -257,7 +295,7 @@ impl SplitMix64 {
     }
 
     /// Uniform in `0..n` without modulo bias (Lemire's multiply-and-reject).
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         let threshold = n.wrapping_neg() % n;
         loop {
             let m = self.next_u64() as u128 * n as u128;
@@ -270,8 +308,7 @@ impl SplitMix64 {
 
 /// The block order of one epoch: Fisher–Yates driven by a generator seeded from `(seed, epoch)`.
 pub fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<u32> {
-    let mut key = SplitMix64(epoch);
-    let mut rng = SplitMix64(seed ^ key.next_u64());
+    let mut rng = SplitMix64::for_epoch(seed, epoch);
     let mut order: Vec<u32> = (0..n as u32).collect();
     for i in (1..n).rev() {
         let j = rng.below(i as u64 + 1) as usize;

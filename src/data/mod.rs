@@ -12,6 +12,7 @@ pub mod hf;
 pub mod loader;
 pub mod prepare;
 pub mod source;
+pub mod stream;
 pub mod tokenizer;
 pub mod wrap;
 
@@ -19,8 +20,9 @@ pub use blocks::TokenBlocks;
 pub use char::CharTokenizer;
 pub use detok::Detokenizer;
 pub use hf::HfTokenizer;
-pub use loader::{Batch, Loader, LoaderState};
+pub use loader::{Batch, Loader, LoaderState, TrainBatches};
 pub use prepare::{DataSpec, Prepared, PreparedMeta, Split, prepare, prepare_one};
+pub use stream::StreamLoader;
 pub use tokenizer::Tokenizer;
 
 /// Built-in tokenizer names a config may give; any other name is a Hugging Face tokenizer (a

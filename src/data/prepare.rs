@@ -295,7 +295,7 @@ pub fn split_documents(n: usize, split: Split) -> Vec<usize> {
 
 /// Which of a split's documents (by index in reading order) it takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Select {
+pub(crate) enum Select {
     All,
     /// The first `n - OWT_VALID_DOCS` (`true`: the last `OWT_VALID_DOCS`) documents.
     OwtTail(bool),
@@ -305,11 +305,11 @@ enum Select {
 
 impl Select {
     /// Whether the selection needs the document count before reading.
-    fn needs_count(self) -> bool {
+    pub(crate) fn needs_count(self) -> bool {
         self != Select::All
     }
 
-    fn keeps(self, i: usize, n: usize) -> bool {
+    pub(crate) fn keeps(self, i: usize, n: usize) -> bool {
         match self {
             Select::All => true,
             Select::OwtTail(tail) => (i >= n.saturating_sub(OWT_VALID_DOCS)) == tail,
@@ -327,16 +327,16 @@ impl Select {
 
 /// What one split of one dataset reads, and how.
 #[derive(Debug, Clone)]
-struct Layout {
-    files: Vec<RawFile>,
-    select: Select,
-    detok: Option<Detokenizer>,
+pub(crate) struct Layout {
+    pub(crate) files: Vec<RawFile>,
+    pub(crate) select: Select,
+    pub(crate) detok: Option<Detokenizer>,
     /// The prepared block length: `model.length`, doubled for text8-crop's training split.
-    block_size: usize,
-    split_rule: &'static str,
+    pub(crate) block_size: usize,
+    pub(crate) split_rule: &'static str,
 }
 
-fn layout(spec: &DataSpec, dataset: &str, split: Split) -> Result<Layout> {
+pub(crate) fn layout(spec: &DataSpec, dataset: &str, split: Split) -> Result<Layout> {
     let raw = raw_dir(&spec.cache_dir, dataset)?;
     if let Some(corpus) = Corpus::by_name(dataset) {
         // text8-crop trains on blocks twice the model length, cut from 4L-character chunks,
@@ -378,7 +378,7 @@ fn layout(spec: &DataSpec, dataset: &str, split: Split) -> Result<Layout> {
 /// Documents per preparation batch: whole map batches, and about this much text at once
 /// (`MDLM_PREP_BATCH_BYTES` changes it; the result is the same whatever its value, only memory
 /// and parallelism change).
-const BATCH_BYTES: usize = 32 << 20;
+pub(crate) const BATCH_BYTES: usize = 32 << 20;
 
 fn batch_bytes() -> usize {
     std::env::var("MDLM_PREP_BATCH_BYTES")

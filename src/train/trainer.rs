@@ -10,7 +10,7 @@ use super::ema::Ema;
 use super::lr::LrSchedule;
 use super::optim::{AdamW, AdamWConfig, clip_grad_norm};
 use crate::checkpoint;
-use crate::data::loader::{Loader, LoaderState};
+use crate::data::loader::{Loader, LoaderState, TrainBatches};
 use crate::diffusion::Diffusion;
 use crate::eval::metrics::NllMeter;
 use crate::model::Model;
@@ -76,7 +76,7 @@ pub fn train(
     model: &Model,
     ema_model: &Model,
     diffusion: &Diffusion,
-    train_loader: &mut Loader,
+    train_loader: &mut dyn TrainBatches,
     valid_loader: &mut Loader,
     stop_after: Option<u64>,
 ) -> Result<TrainOutcome> {
@@ -138,9 +138,7 @@ pub fn train(
         // Summed on the device: one host sync per optimizer step, not per micro-batch.
         let mut loss_sum: Option<tch::Tensor> = None;
         for _ in 0..plan.accumulate {
-            let batch = train_loader
-                .next_batch()
-                .context("the training split yields no batch")?;
+            let batch = train_loader.next_train_batch()?;
             let (x, mask) = maybe_crop(plan.crop, batch.x, batch.attention_mask)?;
             let (b, l) = x.size2()?;
             let parts = model.batch_loss(diffusion, &x, &mask, true)?;
