@@ -75,7 +75,12 @@ fn nulls_read_as_empty_strings_keeping_row_positions() {
     let rows: Vec<Option<String>> = (0..1500)
         .map(|i| (i % 4 != 1).then(|| format!("v{i}")))
         .collect();
-    write_text(&path, "text", &[rows.clone()], Compression::SNAPPY);
+    write_text(
+        &path,
+        "text",
+        std::slice::from_ref(&rows),
+        Compression::SNAPPY,
+    );
     let got = read_all(&path, "text");
     let expected: Vec<String> = rows.into_iter().map(Option::unwrap_or_default).collect();
     assert_eq!(got, expected);
