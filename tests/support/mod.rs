@@ -2,6 +2,8 @@
 //! from `../shared/data`, and a runner for the `mdlm` binary.
 #![allow(dead_code)]
 
+pub mod parquet;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
