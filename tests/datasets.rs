@@ -314,3 +314,118 @@ fn text8_crop_trains_and_the_test_split_evaluates() {
     assert!(out.contains("on text8 test"), "{out}");
     assert!(cache.0.join("text8/text8-L32-test.bin").is_file());
 }
+
+/// The same WikiText-2 rows as a local text file and as Parquet files in the hf-hub cache layout
+/// of the Hub's converted branch (read offline): `ppl-eval` scores them identically.
+#[test]
+fn wikitext2_from_hub_parquet_scores_as_the_local_text_file() {
+    use parquet::basic::Compression;
+    let tmp = TempDir::new("hubppl");
+    support::shakespeare_cache(&tmp.0);
+    let ckpt = support::train_tiny(&tmp.0, &tmp.0.join("train"), 2);
+    let valid = std::fs::read_to_string(shared_data().join("wikitext-2/valid.txt")).unwrap();
+    let rows: Vec<Option<String>> = valid
+        .split_inclusive('\n')
+        .map(|r| Some(r.into()))
+        .collect();
+
+    // Local: <cache>/data/wikitext2/raw/valid.txt.
+    let local = TempDir::new("hubppl-local");
+    let raw = local.0.join("data/wikitext2/raw");
+    std::fs::create_dir_all(&raw).unwrap();
+    std::fs::write(raw.join("valid.txt"), &valid).unwrap();
+
+    // Hub: datasets--Salesforce--wikitext, ref refs/convert/parquet, two shards.
+    let hub = TempDir::new("hubppl-hub");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo = hub.0.join("datasets--Salesforce--wikitext");
+    std::fs::create_dir_all(repo.join("refs/refs/convert")).unwrap();
+    std::fs::write(repo.join("refs/refs/convert/parquet"), commit).unwrap();
+    let dir = repo.join(format!("snapshots/{commit}/wikitext-2-raw-v1/validation"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let half = rows.len() / 2;
+    support::parquet::write_text(
+        &dir.join("0000.parquet"),
+        "text",
+        &[rows[..half].to_vec()],
+        Compression::SNAPPY,
+    );
+    support::parquet::write_text(
+        &dir.join("0001.parquet"),
+        "text",
+        &[rows[half..].to_vec()],
+        Compression::SNAPPY,
+    );
+
+    let score = |cache: &Path, env: &[(&str, &Path)], tag: &str| -> String {
+        let out = TempDir::new(tag);
+        let mut a = support::args(&["ppl-eval"], support::tiny_overrides(&out.0));
+        a.extend(["data=wikitext2", "data.tokenizer_name_or_path=char"].map(String::from));
+        a.push(format!("eval.checkpoint_path={}", ckpt.display()));
+        let o = support::mdlm_env(cache, env, &a);
+        let stdout = support::stdout(&o);
+        assert!(o.status.success(), "{tag}: {}", support::stderr(&o));
+        stdout
+            .lines()
+            .find_map(|l| l.split_once("tokens): ").map(|(_, m)| m.to_string()))
+            .unwrap_or_else(|| panic!("{tag}: no score in {stdout}"))
+    };
+    let from_text = score(&local.0, &[], "hubppl-a");
+    let offline = Path::new("1");
+    let from_hub = score(
+        &tmp.0.join("nothing-local"),
+        &[("HF_HUB_CACHE", &hub.0), ("HF_HUB_OFFLINE", offline)],
+        "hubppl-b",
+    );
+    assert_eq!(from_text, from_hub);
+    assert!(from_hub.starts_with("nll "), "{from_hub}");
+}
+
+/// Local Parquet files named as `datasets` names shards (`validation-00000-of-00001.parquet`,
+/// PTB's `sentence` column) give the blocks the text file gives.
+#[test]
+fn local_parquet_equals_the_text_file() {
+    use parquet::basic::Compression;
+    let text = TempDir::new("ptbtxt");
+    let raw = text.0.join("ptb/raw");
+    std::fs::create_dir_all(&raw).unwrap();
+    std::fs::copy(
+        shared_data().join("ptb/ptb.valid.txt"),
+        raw.join("ptb.valid.txt"),
+    )
+    .unwrap();
+    let pq = TempDir::new("ptbpq");
+    let raw_pq = pq.0.join("ptb/raw");
+    std::fs::create_dir_all(&raw_pq).unwrap();
+    let rows: Vec<Option<String>> = std::fs::read_to_string(raw.join("ptb.valid.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| Some(l.trim().to_string()))
+        .collect();
+    support::parquet::write_text(
+        &raw_pq.join("validation-00000-of-00001.parquet"),
+        "sentence",
+        &[rows[..1000].to_vec(), rows[1000..].to_vec()],
+        Compression::ZSTD(Default::default()),
+    );
+    let a = prepare_one(
+        &spec(&text.0, "ptb", "ptb", "char", 64),
+        "ptb",
+        Split::Validation,
+    )
+    .unwrap();
+    let b = prepare_one(
+        &spec(&pq.0, "ptb", "ptb", "char", 64),
+        "ptb",
+        Split::Validation,
+    )
+    .unwrap();
+    assert!(a.0.len() > 100);
+    assert_eq!(all_blocks(&a.0), all_blocks(&b.0));
+    assert_eq!(
+        b.1.recipe.sources[0].format,
+        mdlm::data::source::Format::Parquet {
+            column: "sentence".into()
+        }
+    );
+}

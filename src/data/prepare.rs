@@ -336,7 +336,52 @@ pub(crate) struct Layout {
     pub(crate) split_rule: &'static str,
 }
 
+/// The split's layout from local files, else from the dataset's Parquet files on the Hub (the
+/// hf-hub cache first; a download unless offline). When neither has it, one line says what was
+/// looked for in both places.
 pub(crate) fn layout(spec: &DataSpec, dataset: &str, split: Split) -> Result<Layout> {
+    let local_err = match local_layout(spec, dataset, split) {
+        Ok(l) => return Ok(l),
+        Err(e) => e,
+    };
+    let Some(src) = super::hub_data::hub_source(dataset) else {
+        return Err(local_err);
+    };
+    let files = super::hub_data::split_files(
+        &src,
+        split.as_str(),
+        &super::hf::hub_cache_dir(),
+        super::hub_data::offline_from_env(),
+    )
+    .map_err(|hub_err| {
+        anyhow::anyhow!("{local_err:#}; the Hub fallback failed too: {hub_err:#}")
+    })?;
+    let files = files
+        .into_iter()
+        .map(|p| {
+            RawFile::new(
+                p,
+                Format::Parquet {
+                    column: src.column.to_string(),
+                },
+            )
+        })
+        .collect();
+    let (select, split_rule) = match dataset {
+        "openwebtext-train" => (Select::OwtTail(false), OWT_SPLIT_RULE),
+        "openwebtext-valid" => (Select::OwtTail(true), OWT_SPLIT_RULE),
+        _ => (Select::All, "the Hub dataset's own splits"),
+    };
+    Ok(Layout {
+        files,
+        select,
+        detok: Detokenizer::for_dataset(dataset),
+        block_size: spec.block_size,
+        split_rule,
+    })
+}
+
+fn local_layout(spec: &DataSpec, dataset: &str, split: Split) -> Result<Layout> {
     let raw = raw_dir(&spec.cache_dir, dataset)?;
     if let Some(corpus) = Corpus::by_name(dataset) {
         // text8-crop trains on blocks twice the model length, cut from 4L-character chunks,
