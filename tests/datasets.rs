@@ -429,3 +429,62 @@ fn local_parquet_equals_the_text_file() {
         }
     );
 }
+
+/// Special tokens named in `tokenizer_config.json` (string or added-token object) take
+/// precedence over what the vocabulary suggests; a name the vocabulary lacks is refused.
+#[test]
+fn tokenizer_config_names_the_special_tokens() {
+    use mdlm::data::HfTokenizer;
+    let assets = shared_data().join("../assets/tokenizers");
+    let dir = TempDir::new("tokcfg");
+    let with_config = |model: &str, config: serde_json::Value| {
+        let d = dir.0.join(format!("{model}-{}", config.to_string().len()));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(
+            assets.join(model).join("tokenizer.json"),
+            d.join("tokenizer.json"),
+        )
+        .unwrap();
+        std::fs::write(d.join("tokenizer_config.json"), config.to_string()).unwrap();
+        HfTokenizer::from_name_or_path(d.to_str().unwrap())
+    };
+    // BERT with declared BOS/EOS: those ids, while the wrap ids keep the reference's quirk of
+    // taking the first id of `encode(token)` with special tokens, the leading [CLS].
+    let bert = with_config(
+        "bert-base-uncased",
+        serde_json::json!({"bos_token": "[unused1]", "eos_token": {"content": "[unused2]", "lstrip": false}}),
+    )
+    .unwrap();
+    assert_eq!((bert.bos_id(), bert.eos_id()), (2, 3));
+    assert_eq!(bert.wrap_ids(), (101, 101));
+    assert_eq!(bert.mask_id(), Some(103));
+    // Without a config the vocabulary decides: [CLS]/[SEP].
+    let plain = HfTokenizer::from_name_or_path(
+        assets
+            .join("bert-base-uncased/tokenizer.json")
+            .to_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!((plain.bos_id(), plain.eos_id()), (101, 102));
+
+    // GPT-2 whose config declares a pad token: no [PAD] is added.
+    let gpt2 = with_config(
+        "gpt2",
+        serde_json::json!({"pad_token": "<|endoftext|>", "tokenizer_class": "GPT2Tokenizer"}),
+    )
+    .unwrap();
+    assert_eq!(gpt2.pad_id(), 50256);
+    assert_eq!(gpt2.len_with_added(), 50257);
+    assert_eq!(gpt2.mask_id(), None);
+    let default = HfTokenizer::from_name_or_path(assets.join("gpt2").to_str().unwrap()).unwrap();
+    assert_eq!((default.pad_id(), default.len_with_added()), (50257, 50258));
+
+    let e = format!(
+        "{:#}",
+        with_config("gpt2", serde_json::json!({"eos_token": "</s>"}))
+            .err()
+            .unwrap()
+    );
+    assert!(e.contains("eos_token \"</s>\""), "{e}");
+}

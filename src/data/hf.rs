@@ -20,6 +20,49 @@ use std::path::{Path, PathBuf};
 use tokenizers::processors::bert::BertProcessing;
 use tokenizers::{AddedToken, PostProcessorWrapper};
 
+/// The special tokens a repo's `tokenizer_config.json` names (a plain string or an added-token
+/// object with `content`), and its `tokenizer_class`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DeclaredTokens {
+    pub bos: Option<String>,
+    pub eos: Option<String>,
+    pub pad: Option<String>,
+    pub cls: Option<String>,
+    pub sep: Option<String>,
+    pub mask: Option<String>,
+    pub class: Option<String>,
+}
+
+impl DeclaredTokens {
+    /// From `tokenizer_config.json` next to `tokenizer_json`, when there is one.
+    pub fn beside(tokenizer_json: &Path) -> Result<DeclaredTokens> {
+        let path = tokenizer_json.with_file_name("tokenizer_config.json");
+        if !path.is_file() {
+            return Ok(DeclaredTokens::default());
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        let token = |key: &str| match &v[key] {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Object(o) => {
+                o.get("content").and_then(|c| c.as_str()).map(String::from)
+            }
+            _ => None,
+        };
+        Ok(DeclaredTokens {
+            bos: token("bos_token"),
+            eos: token("eos_token"),
+            pad: token("pad_token"),
+            cls: token("cls_token"),
+            sep: token("sep_token"),
+            mask: token("mask_token"),
+            class: v["tokenizer_class"].as_str().map(String::from),
+        })
+    }
+}
+
 /// The token `get_tokenizer` adds when a tokenizer has none.
 pub const ADDED_PAD: &str = "[PAD]";
 
@@ -122,26 +165,62 @@ impl HfTokenizer {
                 .iter()
                 .find_map(|s| t.token_to_id(s).map(|id| (s.to_string(), id)))
         };
+        // Tokens the repo's tokenizer_config.json names win; the vocabulary decides the rest, as
+        // the tokenizer classes' defaults do for the two tokenizers the reference uses (neither
+        // GPT-2's nor BERT's config names any).
+        let declared = DeclaredTokens::beside(file)?;
+        let declared_id = |t: &tokenizers::Tokenizer, token: &Option<String>, what: &str| {
+            token
+                .as_ref()
+                .map(|tok| {
+                    t.token_to_id(tok).map(|id| (tok.clone(), id)).ok_or_else(|| {
+                        anyhow!(
+                            "{}: tokenizer_config.json names {what} {tok:?}, which {} does not hold",
+                            file.parent().unwrap_or(Path::new(".")).display(),
+                            file.display()
+                        )
+                    })
+                })
+                .transpose()
+        };
+        // get_tokenizer: no BOS -> cls_token, no EOS -> sep_token.
+        let bos_declared = declared_id(&inner, &declared.bos, "bos_token")?.or(declared_id(
+            &inner,
+            &declared.cls,
+            "cls_token",
+        )?);
+        let eos_declared = declared_id(&inner, &declared.eos, "eos_token")?.or(declared_id(
+            &inner,
+            &declared.sep,
+            "sep_token",
+        )?);
         // BERT-style vocabularies have no BOS/EOS: get_tokenizer uses [CLS] / [SEP].
-        let (bos, eos, bert_style) = match (
+        let (guessed_bos, guessed_eos, bert_style) = match (
             find(&inner, &["[CLS]"]),
             find(&inner, &["[SEP]"]),
             find(&inner, &["<|endoftext|>"]),
         ) {
-            (Some(cls), Some(sep), _) => (cls, sep, true),
-            (_, _, Some(eot)) => (eot.clone(), eot, false),
-            _ => match (
+            (Some(cls), Some(sep), _) => (Some(cls), Some(sep), true),
+            (_, _, Some(eot)) => (Some(eot.clone()), Some(eot), false),
+            _ => (
                 find(&inner, &["<s>", "[BOS]"]),
                 find(&inner, &["</s>", "[EOS]"]),
-            ) {
-                (Some(b), Some(e)) => (b, e, false),
-                _ => bail!(
-                    "{}: cannot tell BOS/EOS (no [CLS]/[SEP], <|endoftext|>, <s>/</s> or [BOS]/[EOS] token)",
-                    file.display()
-                ),
-            },
+                false,
+            ),
         };
-        if !bert_style {
+        let (Some(bos), Some(eos)) = (bos_declared.or(guessed_bos), eos_declared.or(guessed_eos))
+        else {
+            bail!(
+                "{}: cannot tell BOS/EOS (tokenizer_config.json names no bos_token/eos_token or cls_token/sep_token, and the vocabulary has no [CLS]/[SEP], <|endoftext|>, <s>/</s> or [BOS]/[EOS] token)",
+                file.display()
+            );
+        };
+        // The reference adds the post-processor to GPT-2 tokenizer classes only.
+        let gpt2_style = match declared.class.as_deref() {
+            Some(class) => class.starts_with("GPT2"),
+            None => !bert_style,
+        };
+        if gpt2_style {
             // The reference passes (bos, eos) as BertProcessing's (sep, cls), i.e. a row becomes
             // `eos ... bos`; for GPT-2 both are <|endoftext|>, so the order is invisible.
             inner.with_post_processor(Some(PostProcessorWrapper::from(BertProcessing::new(
@@ -149,7 +228,9 @@ impl HfTokenizer {
                 eos.clone(),
             ))));
         }
-        let pad = match find(&inner, &["[PAD]", "<pad>"]) {
+        let pad = match declared_id(&inner, &declared.pad, "pad_token")?
+            .or(find(&inner, &["[PAD]", "<pad>"]))
+        {
             Some((_, id)) => id,
             None => {
                 inner
@@ -160,7 +241,10 @@ impl HfTokenizer {
                     .ok_or_else(|| anyhow!("adding {ADDED_PAD} failed"))?
             }
         };
-        let mask = inner.token_to_id("[MASK]");
+        let mask = match declared_id(&inner, &declared.mask, "mask_token")? {
+            Some((_, id)) => Some(id),
+            None => inner.token_to_id("[MASK]"),
+        };
         let mut t = HfTokenizer {
             name: name.to_string(),
             inner,
