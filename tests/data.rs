@@ -312,18 +312,21 @@ fn unwrapped_layout_pads_and_masks() {
 
 #[test]
 fn missing_data_fails_at_once_with_one_clear_line() {
+    gpt2_hub();
     let cache = TempDir::new("empty");
     let mut s = spec(&cache.0, "char", 128);
     s.name = "openwebtext".into();
     s.valid_name = "wikitext103".into();
     let e = err_string(prepare(&s));
     let dir = cache.0.join("openwebtext").join("raw");
-    assert_eq!(
-        e,
-        format!(
-            "data 'openwebtext' is not available offline (looked in {}); train the built-in preset with 'mdlm train experiment=shakespeare' (run scripts/setup-data.sh first)",
-            dir.display()
-        )
+    let local = format!(
+        "data 'openwebtext' is not available offline (looked in {}); train the built-in preset with 'mdlm train experiment=shakespeare' (run scripts/setup-data.sh first); the Hub fallback failed too: ",
+        dir.display()
+    );
+    assert!(e.starts_with(&local), "{e}");
+    assert!(
+        e.contains("Skylion007/openwebtext") && e.contains("HF_HUB_OFFLINE"),
+        "{e}"
     );
     assert!(!e.contains('\n'));
 
@@ -534,6 +537,8 @@ fn gpt2_hub() -> &'static Path {
         // SAFETY: set once, before any test of this binary reads it; no other test in this binary
         // reads or writes Hugging Face variables.
         unsafe { std::env::set_var("HF_HUB_CACHE", &root) };
+        // Never the network from a test: a missing corpus must not start a Hub download.
+        unsafe { std::env::set_var("HF_HUB_OFFLINE", "1") };
         root
     })
 }

@@ -80,6 +80,8 @@ pub fn mdlm(cache: &Path, args: &[String]) -> Output {
         .args(args)
         .env("MDLM_CACHE", cache)
         .env("OMP_NUM_THREADS", "1")
+        // Never the network from a test: a missing corpus must not start a Hub download.
+        .env("HF_HUB_OFFLINE", "1")
         .output()
         .expect("running mdlm")
 }
@@ -122,7 +124,8 @@ pub fn mdlm_env(cache: &Path, env: &[(&str, &Path)], args: &[String]) -> Output 
     let mut c = Command::new(env!("CARGO_BIN_EXE_mdlm"));
     c.args(args)
         .env("MDLM_CACHE", cache)
-        .env("OMP_NUM_THREADS", "1");
+        .env("OMP_NUM_THREADS", "1")
+        .env("HF_HUB_OFFLINE", "1");
     for (k, v) in env {
         c.env(k, v);
     }
