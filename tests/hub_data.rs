@@ -290,7 +290,14 @@ fn answer(
         .to_string();
     let rev = PARQUET_REVISION.replace('/', "%2F");
     let api = format!("/api/datasets/{repo}/revision/{rev}");
-    let resolve = format!("/datasets/{repo}/resolve/{rev}/");
+    // Dataset files at the converted branch; model files (tokenizers) at `main`.
+    let dataset_resolve = format!("/datasets/{repo}/resolve/{rev}/");
+    let model_resolve = format!("/{repo}/resolve/main/");
+    let resolve = if path.starts_with(&model_resolve) {
+        model_resolve
+    } else {
+        dataset_resolve
+    };
     let mut out = stream;
     if path == api {
         let siblings: Vec<serde_json::Value> = std::iter::once(".gitattributes")
@@ -554,4 +561,51 @@ fn unreachable_hub_falls_back_to_a_complete_cache_else_says_how_to_fix() {
     );
     let got = split_files_with(&owt(), "train", &hub, false, &client).unwrap();
     assert_eq!(read_files(&got, "text"), rows);
+}
+
+/// A tokenizer repo id missing from the cache is downloaded (tokenizer.json and, when the repo
+/// has one, tokenizer_config.json) into it when not offline, then found there offline.
+#[test]
+fn tokenizer_repo_is_downloaded_into_the_cache_when_online() {
+    if proxied() {
+        return;
+    }
+    use mdlm::data::HfTokenizer;
+    use mdlm::data::Tokenizer;
+    let tmp = TempDir::new("hub-tokenizer");
+    let hub = tmp.path().join("hub");
+    let json = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/assets/tokenizers/gpt2/tokenizer.json"),
+    )
+    .unwrap();
+    let config = br#"{"model_max_length": 1024, "pad_token": "<|endoftext|>"}"#.to_vec();
+    let files = vec![
+        ("tokenizer.json".to_string(), json),
+        ("tokenizer_config.json".to_string(), config),
+    ];
+    let server = HubServer::start("someone/gpt2-copy", COMMIT, files, 10, false);
+    let client = HubClient::at(&server.endpoint);
+    let t = HfTokenizer::from_hub("someone/gpt2-copy", &hub, false, &client).unwrap();
+    assert_eq!(t.vocab_size(), 50257);
+    // The config was fetched too: its pad token replaces the added [PAD].
+    assert_eq!(t.pad_id(), 50256);
+    let offline = HfTokenizer::from_hub("someone/gpt2-copy", &hub, true, &client).unwrap();
+    assert_eq!(offline.encode("Hello world"), t.encode("Hello world"));
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("/someone/gpt2-copy/resolve/main/tokenizer.json")),
+        "{:?}",
+        server.requests()
+    );
+    // Offline and not cached: the cache error, no request.
+    let e = format!(
+        "{:#}",
+        HfTokenizer::from_hub("someone/other", &hub, true, &client)
+            .err()
+            .unwrap()
+    );
+    assert!(e.contains("not in the Hugging Face cache"), "{e}");
 }

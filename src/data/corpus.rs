@@ -259,12 +259,12 @@ fn extract_text8(zip: &Path, out: &Path) -> Result<()> {
     super::blocks::write_atomic(out, &bytes)
 }
 
-/// The detokenizer over all rows (rayon); `None` leaves them as they are.
-pub fn detokenize_rows(detok: Option<Detokenizer>, rows: &[String]) -> Vec<String> {
-    match detok {
-        Some(d) => rows.par_iter().map(|r| d.apply(r)).collect(),
-        None => rows.to_vec(),
+/// The detokenizer over all rows in place (rayon); `None` leaves them as they are.
+pub fn detokenize_rows(detok: Option<Detokenizer>, mut rows: Vec<String>) -> Vec<String> {
+    if let Some(d) = detok {
+        rows.par_iter_mut().for_each(|r| *r = d.apply(r));
     }
+    rows
 }
 
 /// Token ids of every row without special tokens (rayon), each followed by `eos` when given.

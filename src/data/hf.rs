@@ -1,6 +1,6 @@
 //! Hugging Face tokenizers (`tokenizer.json`, via the `tokenizers` crate) set up the way the
-//! reference's `dataloader.get_tokenizer` sets them up, and resolved offline: from a file, a
-//! folder, or a Hub repo id already in the local Hugging Face cache. Nothing is downloaded.
+//! reference's `dataloader.get_tokenizer` sets them up, and resolved from a file, a folder, or a
+//! Hub repo id in the local Hugging Face cache (downloaded into it first unless offline).
 //!
 //! What `get_tokenizer` does, and this mirrors:
 //! * GPT-2 style tokenizers (no BERT special tokens) get a BERT-style post-processor, so
@@ -121,17 +121,72 @@ pub fn resolve_in_cache(repo_id: &str, cache: &Path) -> Result<PathBuf> {
     repo.get("tokenizer.json").ok_or_else(|| {
         let folder = cache.join(format!("models--{}", repo_id.replace('/', "--")));
         anyhow!(
-            "tokenizer '{repo_id}' is not in the Hugging Face cache (looked for {}/snapshots/<refs/main>/tokenizer.json; cache from HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub) and mdlm never downloads; put the repo's tokenizer.json in that cache (e.g. copy a cache made with `huggingface-cli download {repo_id} tokenizer.json`) or pass a path to a tokenizer.json or a folder holding one",
+            "tokenizer '{repo_id}' is not in the Hugging Face cache (looked for {}/snapshots/<refs/main>/tokenizer.json; cache from HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub); unset HF_HUB_OFFLINE to download it, put the repo's tokenizer.json in that cache (e.g. copy a cache made with `huggingface-cli download {repo_id} tokenizer.json`) or pass a path to a tokenizer.json or a folder holding one",
             folder.display()
         )
     })
 }
 
+/// `tokenizer.json` (and `tokenizer_config.json`, if the repo has one) of a model repo into the
+/// hf-hub cache at `cache`; returns the tokenizer.json path.
+fn download_tokenizer(
+    repo_id: &str,
+    cache: &Path,
+    client: &super::hub_data::HubClient,
+) -> Result<PathBuf> {
+    let api = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(cache.to_path_buf()))
+        .with_endpoint(client.endpoint.clone())
+        .with_progress(client.progress)
+        .with_token(client.token.clone())
+        .build()
+        .context("building the Hub client")?;
+    let repo = api.model(repo_id.to_string());
+    let file = repo.get("tokenizer.json").with_context(|| {
+        format!(
+            "downloading tokenizer.json of {repo_id} from {}",
+            client.endpoint
+        )
+    })?;
+    // Optional: many repos have none, and the vocabulary then decides the special tokens.
+    if let Err(e) = repo.get("tokenizer_config.json") {
+        tracing::debug!(repo = repo_id, error = %e, "no tokenizer_config.json");
+    }
+    Ok(file)
+}
+
 impl HfTokenizer {
     /// A `tokenizer.json` path, a folder holding one, or a Hub repo id looked up in
-    /// [`hub_cache_dir`].
+    /// [`hub_cache_dir`] (downloaded there unless `HF_HUB_OFFLINE` is set).
     pub fn from_name_or_path(name: &str) -> Result<HfTokenizer> {
-        Self::from_name_or_path_in(name, &hub_cache_dir())
+        let p = Path::new(name);
+        if p.exists() {
+            return Self::from_name_or_path_in(name, &hub_cache_dir());
+        }
+        Self::from_hub(
+            name,
+            &hub_cache_dir(),
+            super::hub_data::offline_from_env(),
+            &super::hub_data::HubClient::from_env(),
+        )
+    }
+
+    /// A Hub repo id: from the cache at `cache`, else (unless `offline`) downloaded into it
+    /// through `client` — `tokenizer.json`, and `tokenizer_config.json` when the repo has one.
+    pub fn from_hub(
+        repo_id: &str,
+        cache: &Path,
+        offline: bool,
+        client: &super::hub_data::HubClient,
+    ) -> Result<HfTokenizer> {
+        match resolve_in_cache(repo_id, cache) {
+            Ok(file) => Self::from_file(repo_id, &file),
+            Err(e) if offline => Err(e),
+            Err(cache_miss) => {
+                let file = download_tokenizer(repo_id, cache, client)
+                    .map_err(|e| anyhow!("{cache_miss:#}; downloading it failed too: {e:#}"))?;
+                Self::from_file(repo_id, &file)
+            }
+        }
     }
 
     /// As [`HfTokenizer::from_name_or_path`], with the hub cache folder given.

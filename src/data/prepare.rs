@@ -597,7 +597,7 @@ fn stream_blocks(
     let mut failure = None;
     for batch in rx.iter() {
         let step = (|| -> Result<()> {
-            let rows = detokenize_rows(layout.detok, &batch?);
+            let rows = detokenize_rows(layout.detok, batch?);
             let made = rows_to_blocks(
                 tokenizer,
                 &rows,

@@ -276,7 +276,7 @@ fn spawn_epoch(source: Arc<Source>, epoch: u64, rank: usize, world: usize) -> Re
             if rows.is_empty() {
                 break;
             }
-            let rows = detokenize_rows(source.layout.detok, &rows);
+            let rows = detokenize_rows(source.layout.detok, rows);
             let made = match rows_to_blocks(
                 &*source.tokenizer,
                 &rows,
