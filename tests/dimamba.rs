@@ -157,6 +157,27 @@ fn d3pm_through_the_same_interface() {
     );
 }
 
+/// The optimizer, EMA and checkpoints see each tied tensor once (under the forward mixer's
+/// name), while the state dict keeps both reference names.
+#[test]
+fn tied_weights_are_one_parameter() {
+    use mdlm::backbone::{DimambaConfig, Precision};
+    use mdlm::model::Model;
+    let cfg = DimambaConfig::reference(20, 32, 16, 2);
+    let model = Model::dimamba(&cfg, Precision::F32, tch::Device::Cpu);
+    let params = model.params();
+    let names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(params.len(), model.vs.trainable_variables().len());
+    assert_eq!(
+        params.len() + cfg.tied_names().len(),
+        model.vs.variables().len()
+    );
+    for (alias, src) in cfg.tied_names() {
+        assert!(names.contains(&src.as_str()), "{src} missing");
+        assert!(!names.contains(&alias.as_str()), "{alias} listed twice");
+    }
+}
+
 #[test]
 fn needs_the_adaln_time_embedding() {
     let tmp = TempDir::new("dimamba-bad");

@@ -602,7 +602,15 @@ mod tests {
     fn reverse_mixer_sees_the_sequence_backwards() {
         // Swapping the two mixers' untied weights and flipping the input flips the output: the
         // reverse direction is the forward one applied to the reversed sequence.
-        let cfg = small();
+        for strategy in [BiStrategy::Add, BiStrategy::EwMultiply] {
+            reverse_symmetry(DimambaConfig {
+                strategy,
+                ..small()
+            });
+        }
+    }
+
+    fn reverse_symmetry(cfg: DimambaConfig) {
         let vs = nn::VarStore::new(Device::Cpu);
         let m = Dimamba::new(vs.root() / "backbone", &cfg, Precision::F32);
         fill(&vs);
