@@ -1,7 +1,7 @@
 //! A backbone together with the variable store that owns its parameters, and the per-batch
 //! objective it is trained and evaluated with.
 
-use crate::backbone::{Ar, ArConfig, Backbone, Dit, DitConfig, Precision};
+use crate::backbone::{Ar, ArConfig, Backbone, Dimamba, DimambaConfig, Dit, DitConfig, Precision};
 use crate::diffusion::{self, Diffusion, Draws};
 use anyhow::Result;
 use tch::{Device, Tensor, nn};
@@ -9,6 +9,7 @@ use tch::{Device, Tensor, nn};
 pub enum Net {
     Dit(Dit),
     Ar(Ar),
+    DiMamba(Dimamba),
 }
 
 pub struct Model {
@@ -38,10 +39,17 @@ impl Model {
         Model { vs, net }
     }
 
+    pub fn dimamba(cfg: &DimambaConfig, precision: Precision, device: Device) -> Model {
+        let vs = nn::VarStore::new(device);
+        let net = Net::DiMamba(Dimamba::new(vs.root() / "backbone", cfg, precision));
+        Model { vs, net }
+    }
+
     pub fn backbone(&self) -> &dyn Backbone {
         match &self.net {
             Net::Dit(d) => d,
             Net::Ar(a) => a,
+            Net::DiMamba(m) => m,
         }
     }
 
@@ -65,6 +73,16 @@ impl Model {
                     token_mask: p.token_mask,
                 })
             }
+            Net::DiMamba(m) => {
+                let (b, l) = x0.size2()?;
+                let draws = Draws::sample(b, l, x0.device());
+                let p = diffusion.loss(m, x0, mask, &draws, train)?;
+                Ok(BatchLoss {
+                    loss: p.loss,
+                    nlls: p.nlls,
+                    token_mask: p.token_mask,
+                })
+            }
             Net::Ar(ar) => {
                 let p = diffusion::ar::loss(ar, x0, mask, diffusion.mask_index, train);
                 Ok(BatchLoss {
@@ -77,7 +95,8 @@ impl Model {
     }
 
     /// Trainable parameters by their reference names, sorted, so every consumer (optimizer, EMA,
-    /// checkpoint) sees one fixed order.
+    /// checkpoint) sees one fixed order. A tensor stored under several names (DiMamba's tied
+    /// weights) is listed once, under its first name, so it is updated once per step.
     pub fn params(&self) -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = self
             .vs
@@ -86,6 +105,8 @@ impl Model {
             .filter(|(_, t)| t.requires_grad())
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut seen = std::collections::HashSet::new();
+        v.retain(|(_, t)| seen.insert(t.data_ptr() as usize));
         v
     }
 

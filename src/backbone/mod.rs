@@ -1,12 +1,16 @@
 //! Denoising networks: token ids (+ a noise level) → raw logits. Knows nothing of diffusion.
 
 pub mod ar;
+pub mod dimamba;
 pub mod dit;
 pub mod layers;
 pub mod load;
+pub mod scan;
 
 pub use ar::{Ar, ArCache, ArConfig};
+pub use dimamba::{BiStrategy, Dimamba, DimambaConfig};
 pub use dit::{Dit, DitConfig};
+pub use scan::ScanMode;
 
 use tch::{Kind, Tensor};
 

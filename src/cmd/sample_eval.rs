@@ -48,8 +48,8 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
     let start = Instant::now();
     let mut batches = Vec::new();
     let (forward_calls, what) = match &model.net {
-        Net::Dit(dit) => {
-            let den = ModelDenoiser::new(dit, &diffusion);
+        Net::Dit(_) | Net::DiMamba(_) => {
+            let den = ModelDenoiser::new(model.backbone(), &diffusion);
             let mut uniforms = TorchUniforms { kind };
             if cfg.sampling.semi_ar {
                 // The reference's semi-autoregressive generation: ddpm_cache steps of size

@@ -1,7 +1,7 @@
 //! What every subcommand does first: resolve the device and the device-derived config values,
 //! create the run directory, and map config sections onto the library's plain types.
 
-use crate::backbone::{ArConfig, DitConfig, Precision};
+use crate::backbone::{ArConfig, BiStrategy, DimambaConfig, DitConfig, Precision};
 use crate::config::{self, Config};
 use crate::data::{self, DataSpec, Prepared};
 use crate::diffusion::{Diffusion, Noise, Parameterization};
@@ -40,14 +40,8 @@ pub fn start(mut cfg: Config) -> Result<Run> {
 
 /// Settings this build does not implement yet fail here, before any work, naming the key.
 fn check_supported(cfg: &Config) -> Result<()> {
-    if !matches!(
-        cfg.backbone,
-        config::Backbone::Dit | config::Backbone::Ar | config::Backbone::HfDit
-    ) {
-        bail!(
-            "backbone={} is not implemented yet in this build (available: dit, ar, hf_dit)",
-            cfg.backbone
-        );
+    if cfg.backbone == config::Backbone::Dimamba {
+        dimamba_config(cfg, 1)?;
     }
     Ok(())
 }
@@ -92,6 +86,35 @@ pub fn dit_config(cfg: &Config, vocab_size: i64) -> DitConfig {
         frequency_embedding_size: 256,
         rotary_base: 10_000.0,
     }
+}
+
+/// The reference's DiMamba settings at the configured size. Only `temb_strategy: adaln` is
+/// implemented (what `tiny-dimamba` sets, and the only strategy the reference's final layer
+/// supports with its fused add-norm).
+pub fn dimamba_config(cfg: &Config, vocab_size: i64) -> Result<DimambaConfig> {
+    match cfg.model.temb_strategy.as_deref() {
+        Some("adaln") => {}
+        other => {
+            let found = other.map_or_else(
+                || format!("none (model={} sets no temb_strategy)", cfg.model.name),
+                |s| s.to_string(),
+            );
+            bail!(
+                "backbone=dimamba requires model.temb_strategy=adaln (available: adaln), found {found}; use model=tiny-dimamba"
+            )
+        }
+    }
+    Ok(DimambaConfig {
+        dropout: cfg.model.dropout,
+        tie_word_embeddings: cfg.model.tie_word_embeddings,
+        strategy: BiStrategy::Add,
+        ..DimambaConfig::reference(
+            vocab_size,
+            cfg.model.hidden_size as i64,
+            cfg.model.cond_dim as i64,
+            cfg.model.n_blocks as i64,
+        )
+    })
 }
 
 /// bf16 autocast only exists on CUDA in the reference; on CPU it computes in float32, and so do we.
@@ -163,6 +186,9 @@ pub fn build_model(cfg: &Config, vocab_size: i64, device: Device) -> Result<Mode
     let precision = precision(cfg, device)?;
     Ok(match cfg.backbone {
         config::Backbone::Ar => Model::ar(&ArConfig::from(&dit), precision, device),
+        config::Backbone::Dimamba => {
+            Model::dimamba(&dimamba_config(cfg, vocab_size)?, precision, device)
+        }
         _ => Model::dit(&dit, precision, device),
     })
 }
@@ -246,7 +272,7 @@ pub fn eval_model(
 
 fn load_lightning(cfg: &Config, model: &Model, path: &std::path::Path) -> Result<()> {
     let ck = crate::checkpoint::lightning::read(path)?;
-    let weights = if cfg.eval.disable_ema {
+    let mut weights: std::collections::BTreeMap<String, tch::Tensor> = if cfg.eval.disable_ema {
         ck.state_dict
             .iter()
             .map(|(k, v)| (k.clone(), v.shallow_clone()))
@@ -255,11 +281,21 @@ fn load_lightning(cfg: &Config, model: &Model, path: &std::path::Path) -> Result
         let n = cfg.model.n_blocks as i64;
         let order = match cfg.backbone {
             config::Backbone::Ar => crate::checkpoint::lightning::ar_parameter_order(n),
+            config::Backbone::Dimamba => dimamba_config(cfg, 1)?.reference_parameter_order(),
             _ => crate::checkpoint::lightning::dit_parameter_order(n),
         };
         ck.ema_state_dict(&order)
             .with_context(|| format!("{}: EMA weights", path.display()))?
     };
+    if cfg.backbone == config::Backbone::Dimamba {
+        // The EMA lists a tied tensor once; its second name in the state dict still holds the
+        // raw weight, and both names are one tensor here, so the second must mirror the first.
+        for (alias, src) in dimamba_config(cfg, 1)?.tied_names() {
+            if let Some(t) = weights.get(&src).map(|t| t.shallow_clone()) {
+                weights.insert(alias, t);
+            }
+        }
+    }
     crate::backbone::load::load_strict(&model.vs, &weights, "backbone.").with_context(|| {
         format!(
             "Lightning checkpoint {} does not fit model={}",

@@ -6,6 +6,7 @@ mod ar_cases;
 mod ckpt_cases;
 mod common;
 mod data_cases;
+mod dimamba_cases;
 mod model_cases;
 mod sampler_cases;
 mod train_cases;
@@ -35,6 +36,7 @@ fn runner_for(kind: &str) -> Option<Runner> {
         "hf_mdlm" => Some(ckpt_cases::hf_mdlm),
         "lightning_ckpt" => Some(ckpt_cases::lightning_ckpt),
         "gpt2_eval" => Some(ckpt_cases::gpt2_eval),
+        "dimamba_forward" => Some(dimamba_cases::dimamba_forward),
         _ => None,
     }
 }
