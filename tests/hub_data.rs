@@ -234,8 +234,7 @@ impl HubServer {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         served += 1;
-                        let line = answer(stream, &repo, &sha, &files, lfs.then_some(&cdn));
-                        log2.lock().unwrap().push(line);
+                        answer(stream, &repo, &sha, &files, lfs.then_some(&cdn), &log2);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(5))
@@ -256,14 +255,16 @@ impl HubServer {
     }
 }
 
-/// Answers one request (the connection is closed after it); returns `"<path> <range>"`.
+/// Answers one request (the connection is closed after it), logging `"<path> <range>"` before
+/// responding: the client may act on the response before this thread could log it afterwards.
 fn answer(
     stream: TcpStream,
     repo: &str,
     sha: &str,
     files: &[(String, Vec<u8>)],
     cdn: Option<&str>,
-) -> String {
+    log: &Mutex<Vec<String>>,
+) {
     stream.set_nonblocking(false).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -288,6 +289,9 @@ fn answer(
         .nth(1)
         .unwrap_or("")
         .to_string();
+    log.lock()
+        .unwrap()
+        .push(format!("{path} {}", range.clone().unwrap_or_default()));
     let rev = PARQUET_REVISION.replace('/', "%2F");
     let api = format!("/api/datasets/{repo}/revision/{rev}");
     // Dataset files at the converted branch; model files (tokenizers) at `main`.
@@ -360,7 +364,6 @@ fn answer(
     } else {
         respond(&mut out, "404 Not Found", &[], b"not found");
     }
-    format!("{path} {}", range.unwrap_or_default())
 }
 
 fn respond(out: &mut TcpStream, status: &str, headers: &[(&str, String)], body: &[u8]) {
