@@ -727,3 +727,47 @@ fn bad_settings_are_refused_before_sampling() {
     }
     assert_eq!(den.calls(), 0);
 }
+
+#[test]
+fn semi_ar_continues_a_prompt() {
+    use mdlm::sample::semi_ar::{SemiArSpec, sample_semi_ar_prompted};
+    let p = joint();
+    let diff = diffusion(Parameterization::Subs);
+    // One window of the whole length: the output is that window, drawn given its prompt.
+    let den = Oracle::new(&p);
+    let spec = SemiArSpec {
+        batch: N,
+        length: L as i64,
+        stride_length: L as i64,
+        num_strides: 0,
+        dt: 1.0 / 250.0,
+    };
+    let prompt = Tensor::full([N, 1], 2, (Kind::Int64, Device::Cpu));
+    let mut u = SeededUniforms::new(17);
+    let out =
+        sample_semi_ar_prompted(&den, &diff, &spec, Some(&prompt), Device::Cpu, &mut u).unwrap();
+    let (z, _) = deviation(
+        &frequencies(&out.tokens),
+        &conditional(&p, &[(0, 2)]),
+        N as usize,
+    );
+    println!("semi_ar with prompt [2]: max deviation {z:.2} SE");
+    assert!(z < Z_TOL);
+    // Several windows: the prompt opens the output, and the stride structure is unchanged.
+    let (den, _) = independent(6, 18);
+    let spec = SemiArSpec {
+        batch: 5,
+        length: 6,
+        stride_length: 2,
+        num_strides: 2,
+        dt: 0.1,
+    };
+    let prompt = Tensor::from_slice(&[2i64, 0, 1, 1])
+        .view([1, 4])
+        .expand([5, 4], false);
+    let out =
+        sample_semi_ar_prompted(&den, &diff, &spec, Some(&prompt), Device::Cpu, &mut u).unwrap();
+    assert_eq!(out.tokens.size(), [5, 3 * 2 + 4]);
+    assert!(out.tokens.narrow(1, 0, 4).equal(&prompt));
+    assert_eq!(out.tokens.eq(MASK).any().int64_value(&[]), 0);
+}
