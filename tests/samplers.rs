@@ -141,8 +141,8 @@ impl Oracle {
             });
             let post = posterior(p, &xt);
             for row in post {
-                for v in 0..V as usize {
-                    let pv = if v < K { row[v] } else { 0.0 };
+                // The mask column (last) is impossible, like SUBS's.
+                for pv in row.into_iter().chain([0.0]) {
                     flat.push(if pv > 0.0 { pv.ln() } else { NEG_INFINITY });
                 }
             }
@@ -770,4 +770,56 @@ fn semi_ar_continues_a_prompt() {
     assert_eq!(out.tokens.size(), [5, 3 * 2 + 4]);
     assert!(out.tokens.narrow(1, 0, 4).equal(&prompt));
     assert_eq!(out.tokens.eq(MASK).any().int64_value(&[]), 0);
+}
+
+/// With independent positions every exact sampler draws each position from its own marginal, so
+/// a temperature of 1/2 must give frequencies proportional to p^2, and a nucleus below the top
+/// probability must give the argmax alone.
+#[test]
+fn temperature_and_nucleus_reach_the_draws() {
+    let length = 4usize;
+    let (den, _) = independent(length, 19);
+    let marg: Vec<Vec<f64>> = Vec::<Vec<f64>>::try_from(den.rows.exp().to_kind(Kind::Double))
+        .unwrap()
+        .into_iter()
+        .map(|r| r[..K].to_vec())
+        .collect();
+    let diff = diffusion(Parameterization::Subs);
+    for predictor in [
+        Predictor::FirstHitting,
+        Predictor::Ddpm,
+        Predictor::DdpmCache,
+        Predictor::Confidence,
+    ] {
+        // One confidence step commits every position from its own filtered marginal.
+        let steps = if predictor == Predictor::Confidence {
+            1
+        } else {
+            20
+        };
+        let mut spec = SampleSpec::plain(predictor, steps, N, length as i64);
+        spec.temperature = 0.5;
+        let out = run(&den, &diff, &spec, &mut SeededUniforms::new(20));
+        let rows = rows_of(&out.tokens);
+        let mut z_max: f64 = 0.0;
+        for (i, m) in marg.iter().enumerate() {
+            let z2: f64 = m.iter().map(|p| p * p).sum();
+            for (v, p) in m.iter().enumerate() {
+                let q = p * p / z2;
+                let f = rows.iter().filter(|r| r[i] == v as i64).count() as f64 / N as f64;
+                z_max = z_max.max((f - q).abs() / (q * (1.0 - q) / N as f64).sqrt());
+            }
+        }
+        println!("{predictor:?} at temperature 0.5: max deviation {z_max:.2} SE");
+        assert!(z_max < Z_TOL, "{predictor:?}");
+        let mut spec = SampleSpec::plain(predictor, steps, 64, length as i64);
+        spec.top_p = 0.3;
+        let out = run(&den, &diff, &spec, &mut SeededUniforms::new(21));
+        let argmax = den
+            .rows
+            .argmax(-1, false)
+            .unsqueeze(0)
+            .expand([64, -1], false);
+        assert!(out.tokens.equal(&argmax), "{predictor:?} with top_p 0.3");
+    }
 }

@@ -232,10 +232,10 @@ impl SampleSpec {
         if self.predictor != Predictor::FirstHitting && self.steps < 1 {
             anyhow::bail!("steps={} must be at least 1", self.steps);
         }
-        if let ConfidenceRule::Threshold(c) = self.confidence {
-            if !c.is_finite() {
-                anyhow::bail!("the confidence threshold {c} must be a finite number");
-            }
+        if let ConfidenceRule::Threshold(c) = self.confidence
+            && !c.is_finite()
+        {
+            anyhow::bail!("the confidence threshold {c} must be a finite number");
         }
         if let Some(h) = &self.held {
             h.validate(self.batch, self.length, diff)?;
