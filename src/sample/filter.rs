@@ -57,26 +57,23 @@ impl Filter {
             return log_probs.shallow_clone();
         }
         let kind = log_probs.kind();
-        // float64 throughout: the top-p cut compares a cumulative sum with p, and float32 sums
-        // over a 50k vocabulary drift by more than small differences between nuclei.
-        let lp = log_probs.to_kind(Kind::Double);
-        let impossible = lp.le(IMPOSSIBLE);
-        let mut lp = (lp / self.temperature)
+        let impossible = log_probs.le(IMPOSSIBLE);
+        let mut lp = (log_probs / self.temperature)
             .masked_fill(&impossible, NEG_INFINITY)
-            .log_softmax(-1, Kind::Double);
+            .log_softmax(-1, kind);
         if self.top_p < 1.0 {
             let (sorted, order) = lp.sort(-1, true);
-            let p = sorted.exp();
+            // The running mass in float64: float32 sums over a 50k vocabulary drift by more than
+            // the differences that decide where the nucleus ends. Only this [B, L, V] is float64.
+            let p = sorted.to_kind(Kind::Double).exp();
             // Mass strictly before each token in the sorted order: a token is kept while the
             // tokens above it have not yet reached p, which makes the set minimal and never empty.
             let before = p.cumsum(-1, Kind::Double) - &p;
             let drop_sorted = before.ge(self.top_p);
             let drop = drop_sorted.scatter(-1, &order, &drop_sorted);
-            lp = lp
-                .masked_fill(&drop, NEG_INFINITY)
-                .log_softmax(-1, Kind::Double);
+            lp = lp.masked_fill(&drop, NEG_INFINITY).log_softmax(-1, kind);
         }
-        lp.masked_fill(&impossible, NEG_INFINITY).to_kind(kind)
+        lp.masked_fill(&impossible, NEG_INFINITY)
     }
 }
 
