@@ -155,6 +155,10 @@ fn main() {
             batch: 1,
             length: len,
             draws,
+            temperature: 1.0,
+            top_p: 1.0,
+            confidence: mdlm::sample::ConfidenceRule::Schedule,
+            held: None,
         };
         let mut u = TorchUniforms { kind: Kind::Double };
         sync(device);

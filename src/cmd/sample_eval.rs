@@ -93,6 +93,10 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
                     } else {
                         DrawMode::Reference
                     },
+                    temperature: 1.0,
+                    top_p: 1.0,
+                    confidence: crate::sample::ConfidenceRule::Schedule,
+                    held: None,
                 };
                 for _ in 0..cfg.sampling.num_sample_batches {
                     batches.push(

@@ -4,13 +4,17 @@
 pub mod analytic;
 pub mod ar;
 pub mod categorical;
+pub mod confidence;
 pub mod ddpm;
 pub mod ddpm_cache;
+pub mod filter;
+pub mod first_hitting;
 pub mod semi_ar;
 
 use crate::backbone::Backbone;
 use crate::diffusion::Diffusion;
 use categorical::Uniforms;
+use filter::{Filter, Filtered};
 use std::cell::Cell;
 use tch::{Device, Kind, Tensor};
 
@@ -49,17 +53,129 @@ impl Denoiser for ModelDenoiser<'_> {
     }
 }
 
+/// The reverse-process sampler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Predictor {
+    /// Ancestral steps on the `linspace(1, eps, steps + 1)` grid (reference: `_ddpm_update`).
     Ddpm,
+    /// Ddpm that reuses p(x0 | xt) while x is unchanged (log-linear noise, no time conditioning).
     DdpmCache,
     /// SEDD's analytic (tau-leaping) update; noise removal is its denoiser step, not an argmax.
     Analytic,
+    /// Exact absorbing-diffusion sampling one unmasking at a time (Zheng et al., 2024): one
+    /// denoiser call per generated token; `steps`, `eps` and `noise_removal` do not apply.
+    FirstHitting,
+    /// Confidence-ordered parallel decoding (MaskGIT; LLaDA's low-confidence remasking): `steps`
+    /// denoiser calls, each unmasking the most confident masked positions per
+    /// [`ConfidenceRule`]. Not a sampler of the model's distribution; `noise_removal` does not
+    /// apply.
+    Confidence,
+}
+
+/// How many masked positions a [`Predictor::Confidence`] step unmasks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ConfidenceRule {
+    /// Unmask the `ceil(masked_left / steps_left)` most confident masked positions of each row,
+    /// so the last step unmasks all that remain.
+    Schedule,
+    /// Unmask every masked position whose confidence (the probability of its drawn candidate) is
+    /// at least the value, and at least the most confident one per row; the last step unmasks
+    /// all that remain.
+    Threshold(f64),
+}
+
+/// Positions fixed during sampling: a prompt (prefix), a suffix, or any positions to infill
+/// around. No sampler changes a held position.
+#[derive(Debug)]
+pub struct Held {
+    /// `[B, L]` int64; read only where `held` is true.
+    pub tokens: Tensor,
+    /// `[B, L]` bool: positions fixed to `tokens`.
+    pub held: Tensor,
+}
+
+impl Clone for Held {
+    fn clone(&self) -> Held {
+        Held {
+            tokens: self.tokens.shallow_clone(),
+            held: self.held.shallow_clone(),
+        }
+    }
+}
+
+impl Held {
+    /// The first `prefix.size()[1]` positions of every row held to `prefix [B, P]`, in rows of
+    /// `length`.
+    pub fn prefix(prefix: &Tensor, length: i64) -> Held {
+        let (b, p) = prefix.size2().expect("prefix is [B, P]");
+        assert!(
+            p <= length,
+            "a prefix of {p} tokens does not fit length {length}"
+        );
+        let opts = (Kind::Int64, prefix.device());
+        let tokens = Tensor::cat(
+            &[
+                prefix.to_kind(Kind::Int64),
+                Tensor::zeros([b, length - p], opts),
+            ],
+            1,
+        );
+        let held = Tensor::arange(length, opts)
+            .lt(p)
+            .unsqueeze(0)
+            .expand([b, length], false);
+        Held {
+            tokens,
+            held: held.contiguous(),
+        }
+    }
+
+    /// `x` with every held position set to its token.
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        self.tokens.where_self(&self.held, x)
+    }
+
+    fn to_device(&self, device: Device) -> Held {
+        Held {
+            tokens: self.tokens.to_device(device).to_kind(Kind::Int64),
+            held: self.held.to_device(device).to_kind(Kind::Bool),
+        }
+    }
+
+    fn validate(&self, batch: i64, length: i64, diff: &Diffusion) -> anyhow::Result<()> {
+        for (name, t) in [("tokens", &self.tokens), ("held", &self.held)] {
+            if t.size() != [batch, length] {
+                anyhow::bail!(
+                    "held.{name} has shape {:?}; sampling needs [batch, length] = [{batch}, {length}]",
+                    t.size()
+                );
+            }
+        }
+        let held = self.held.to_kind(Kind::Bool);
+        let tokens = self.tokens.masked_select(&held);
+        if tokens.numel() > 0 {
+            let (lo, hi) = (tokens.min().int64_value(&[]), tokens.max().int64_value(&[]));
+            if lo < 0 || hi >= diff.vocab_size {
+                anyhow::bail!(
+                    "held tokens span {lo}..={hi}, outside the vocabulary 0..{}",
+                    diff.vocab_size
+                );
+            }
+            if tokens.eq(diff.mask_index).any().int64_value(&[]) != 0 {
+                anyhow::bail!(
+                    "a held position holds the mask token {}; leave it unheld to generate it",
+                    diff.mask_index
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug)]
 pub struct SampleSpec {
     pub predictor: Predictor,
+    /// Denoiser steps (ignored by `FirstHitting`, which takes one per masked position).
     pub steps: i64,
     /// Final time of the grid (the reference's `eps=1e-5`).
     pub eps: f64,
@@ -68,6 +184,64 @@ pub struct SampleSpec {
     pub length: i64,
     /// How ddpm / ddpm_cache make their categorical draws.
     pub draws: ddpm::DrawMode,
+    /// Divides the denoiser's logits before every draw; 1.0 leaves them unchanged.
+    pub temperature: f64,
+    /// Nucleus filtering of p(x0 | xt) per position; 1.0 is off.
+    pub top_p: f64,
+    /// Only read by `Predictor::Confidence`.
+    pub confidence: ConfidenceRule,
+    /// Conditional generation: positions that start at, and keep, given tokens.
+    pub held: Option<Held>,
+}
+
+impl SampleSpec {
+    /// Unconditional sampling with the reference's defaults: `eps = 1e-5`, noise removal on,
+    /// reference draws, no filtering.
+    pub fn plain(predictor: Predictor, steps: i64, batch: i64, length: i64) -> SampleSpec {
+        SampleSpec {
+            predictor,
+            steps,
+            eps: 1e-5,
+            noise_removal: true,
+            batch,
+            length,
+            draws: ddpm::DrawMode::Reference,
+            temperature: 1.0,
+            top_p: 1.0,
+            confidence: ConfidenceRule::Schedule,
+            held: None,
+        }
+    }
+
+    pub fn filter(&self) -> Filter {
+        Filter {
+            temperature: self.temperature,
+            top_p: self.top_p,
+        }
+    }
+
+    fn validate(&self, diff: &Diffusion) -> anyhow::Result<()> {
+        self.filter().validate()?;
+        if self.predictor == Predictor::Analytic && !self.filter().is_identity() {
+            anyhow::bail!(
+                "temperature={} / top_p={} need a predictor that reads p(x0|xt) (ddpm, ddpm_cache, first_hitting, confidence); analytic reads a score",
+                self.temperature,
+                self.top_p
+            );
+        }
+        if self.predictor != Predictor::FirstHitting && self.steps < 1 {
+            anyhow::bail!("steps={} must be at least 1", self.steps);
+        }
+        if let ConfidenceRule::Threshold(c) = self.confidence
+            && !c.is_finite()
+        {
+            anyhow::bail!("the confidence threshold {c} must be a finite number");
+        }
+        if let Some(h) = &self.held {
+            h.validate(self.batch, self.length, diff)?;
+        }
+        Ok(())
+    }
 }
 
 pub struct SampleOut {
@@ -77,9 +251,10 @@ pub struct SampleOut {
     pub forward_calls: usize,
 }
 
-/// `Diffusion._sample`: from the all-mask prior along `linspace(1, eps, steps + 1)`, then, when
-/// `noise_removal` is on, one denoising step at the last time (an argmax, or for `Analytic` the
-/// denoiser update).
+/// `Diffusion._sample`: from the all-mask prior (held positions filled in) along
+/// `linspace(1, eps, steps + 1)`, then, when `noise_removal` is on, one denoising step at the last
+/// time (an argmax, or for `Analytic` the denoiser update). `FirstHitting` and `Confidence` run
+/// their own schedules (see [`Predictor`]).
 pub fn sample(
     den: &dyn Denoiser,
     diff: &Diffusion,
@@ -95,23 +270,69 @@ pub fn sample(
             "sampling.predictor=ddpm_cache needs noise=loglinear (it uses t as the move chance); use sampling.predictor=ddpm"
         );
     }
+    spec.validate(diff)?;
+    let held = spec.held.as_ref().map(|h| h.to_device(device));
+    // Every update goes through this, so a held position cannot change whatever the
+    // parameterization or the update does.
+    let pin = |x: Tensor| match &held {
+        Some(h) => h.apply(&x),
+        None => x,
+    };
     let calls_before = den.calls();
-    let mut x = Tensor::full(
+    let filtered = Filtered {
+        inner: den,
+        filter: spec.filter(),
+    };
+    let prior = Tensor::full(
         [spec.batch, spec.length],
         diff.mask_index,
         (Kind::Int64, device),
     );
-    let timesteps = Tensor::linspace(1.0, spec.eps, spec.steps + 1, (Kind::Float, device));
-    let dt = (1.0 - spec.eps) / spec.steps as f64;
+    let mut x = pin(prior);
     let mut trajectory = Vec::new();
     if keep_trajectory {
         trajectory.push(x.copy());
     }
+    match spec.predictor {
+        Predictor::FirstHitting => {
+            x = first_hitting::run(&filtered, diff, x, &pin, uniforms, &mut |x| {
+                if keep_trajectory {
+                    trajectory.push(x.copy());
+                }
+            })?;
+            return Ok(SampleOut {
+                tokens: x,
+                trajectory,
+                forward_calls: den.calls() - calls_before,
+            });
+        }
+        Predictor::Confidence => {
+            let run = confidence::Run {
+                steps: spec.steps,
+                rule: spec.confidence,
+                filter: spec.filter(),
+            };
+            x = run.run(den, diff, x, &pin, uniforms, &mut |x| {
+                if keep_trajectory {
+                    trajectory.push(x.copy());
+                }
+            })?;
+            return Ok(SampleOut {
+                tokens: x,
+                trajectory,
+                forward_calls: den.calls() - calls_before,
+            });
+        }
+        Predictor::Ddpm | Predictor::DdpmCache | Predictor::Analytic => {}
+    }
+    let den: &dyn Denoiser = &filtered;
+    let timesteps = Tensor::linspace(1.0, spec.eps, spec.steps + 1, (Kind::Float, device));
+    let dt = (1.0 - spec.eps) / spec.steps as f64;
     let mut cache: Option<Tensor> = None;
     let ones = Tensor::ones([spec.batch, 1], (Kind::Float, device));
     for i in 0..spec.steps {
         let t = timesteps.get(i) * &ones;
-        x = match spec.predictor {
+        x = pin(match spec.predictor {
             Predictor::Ddpm => ddpm::step_with(den, diff, &x, &t, dt, spec.draws, uniforms),
             Predictor::DdpmCache => {
                 let (p_x0, x_next) = ddpm_cache::step_with(
@@ -124,6 +345,7 @@ pub fn sample(
                     spec.draws,
                     uniforms,
                 );
+                let x_next = pin(x_next);
                 // Reusable only while xt is unchanged and the network ignores the time.
                 if x_next.equal(&x) && !diff.time_conditioning {
                     cache = Some(p_x0);
@@ -131,21 +353,23 @@ pub fn sample(
                 x_next
             }
             Predictor::Analytic => analytic::step(den, diff, &x, &t, dt, uniforms),
-        };
+            Predictor::FirstHitting | Predictor::Confidence => unreachable!("dispatched above"),
+        });
         if keep_trajectory {
             trajectory.push(x.copy());
         }
     }
     if spec.noise_removal {
         let t = timesteps.get(spec.steps) * &ones;
-        x = match spec.predictor {
+        x = pin(match spec.predictor {
             // One more categorical draw, with the mask token forbidden.
             Predictor::Analytic => analytic::denoise(den, diff, &x, &t, uniforms),
             Predictor::Ddpm | Predictor::DdpmCache => {
                 let sigma = diff.noise.total(&t).reshape([-1]);
                 den.log_probs(&x, &sigma).argmax(-1, false)
             }
-        };
+            Predictor::FirstHitting | Predictor::Confidence => unreachable!("dispatched above"),
+        });
     }
     Ok(SampleOut {
         tokens: x,

@@ -3,9 +3,9 @@
 //! `length - stride_length` positions hold the previous window's tail, emits the window's first
 //! `stride_length` tokens and carries the rest forward.
 
-use super::Denoiser;
 use super::categorical::Uniforms;
 use super::ddpm_cache;
+use super::{Denoiser, Held};
 use crate::diffusion::{Diffusion, Noise};
 use anyhow::{Result, bail};
 use tch::{Device, Kind, Tensor};
@@ -43,6 +43,20 @@ pub fn sample_semi_ar(
     device: Device,
     uniforms: &mut dyn Uniforms,
 ) -> Result<SemiArOut> {
+    sample_semi_ar_prompted(den, diff, spec, None, device, uniforms)
+}
+
+/// [`sample_semi_ar`] continuing a prompt: `prefix [B, P]` (P <= length) is held in the first
+/// window's first P positions and so begins the output. Later windows see it only through the
+/// carried tail, as any earlier text.
+pub fn sample_semi_ar_prompted(
+    den: &dyn Denoiser,
+    diff: &Diffusion,
+    spec: &SemiArSpec,
+    prefix: Option<&Tensor>,
+    device: Device,
+    uniforms: &mut dyn Uniforms,
+) -> Result<SemiArOut> {
     if !matches!(diff.noise, Noise::LogLinear { .. }) {
         bail!(
             "semi-autoregressive sampling uses ddpm_cache steps, which need noise=loglinear (they take t as the move chance)"
@@ -62,6 +76,26 @@ pub fn sample_semi_ar(
         bail!("dt={} must lie in (0, 1]", spec.dt);
     }
     let (b, l, stride) = (spec.batch, spec.length, spec.stride_length);
+    let held = match prefix {
+        Some(p) => {
+            let (pb, pl) = p.size2()?;
+            if pb != b || pl > l {
+                bail!("a prompt of shape [{pb}, {pl}] does not fit batch {b} and length {l}");
+            }
+            let h = Held::prefix(&p.to_device(device), l);
+            if h.tokens
+                .narrow(1, 0, pl)
+                .eq(diff.mask_index)
+                .any()
+                .int64_value(&[])
+                != 0
+            {
+                bail!("the prompt holds the mask token {}", diff.mask_index);
+            }
+            Some(h)
+        }
+        None => None,
+    };
     // Python's `int(1 / dt)`: truncation of the double quotient.
     let num_steps = (1.0 / spec.dt) as i64;
     let calls_before = den.calls();
@@ -70,16 +104,22 @@ pub fn sample_semi_ar(
     let mut target: Option<Tensor> = None;
     let (mut starts, mut ends) = (Vec::new(), Vec::new());
     let mut sampling_steps = 0;
-    for _ in 0..=spec.num_strides {
+    for window in 0..=spec.num_strides {
+        // Only the first window holds the prompt; later ones carry it (or its successors) in
+        // their tail.
+        let pin = |x: Tensor| match (&held, window) {
+            (Some(h), 0) => h.apply(&x),
+            _ => x,
+        };
         let prior = Tensor::full([b, l], diff.mask_index, (Kind::Int64, device));
-        let mut x = match &target {
+        let mut x = pin(match &target {
             // x[:, :-stride] = target
             Some(tail) => Tensor::cat(
                 &[tail.shallow_clone(), prior.narrow(1, l - stride, stride)],
                 1,
             ),
             None => prior,
-        };
+        });
         starts.push(x.copy());
         let mut cache: Option<Tensor> = None;
         for i in 0..=num_steps {
@@ -88,6 +128,7 @@ pub fn sample_semi_ar(
             let t = &ones * (1.0 - i as f64 * spec.dt);
             let (p_x0, x_next) =
                 ddpm_cache::step(den, diff, &x, &t, spec.dt, cache.take(), uniforms);
+            let x_next = pin(x_next);
             // Same reuse rule as the reference: p_x0 is valid while x is unchanged and the network
             // ignores the time.
             if x_next.equal(&x) && !diff.time_conditioning {
@@ -98,7 +139,7 @@ pub fn sample_semi_ar(
             x = x_next;
         }
         ends.push(x.copy());
-        let x0 = den.log_probs(&x, &ones.zeros_like()).argmax(-1, false); // [B, L]
+        let x0 = pin(den.log_probs(&x, &ones.zeros_like()).argmax(-1, false)); // [B, L]
         pieces.push(x0.narrow(1, 0, stride));
         target = Some(x0.narrow(1, stride, l - stride));
     }

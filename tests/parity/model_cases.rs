@@ -220,6 +220,10 @@ pub fn sampling_run(case: &Case) -> Result<()> {
         batch: size[1],
         length: size[2],
         draws: mdlm::sample::ddpm::DrawMode::Reference,
+        temperature: 1.0,
+        top_p: 1.0,
+        confidence: mdlm::sample::ConfidenceRule::Schedule,
+        held: None,
     };
     let den = ModelDenoiser::new(&m.dit, &m.diffusion);
     let out = sample::sample(&den, &m.diffusion, &spec, Device::Cpu, &mut u, true)?;
