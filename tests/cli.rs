@@ -87,13 +87,16 @@ fn train_then_ppl_eval_then_sample_eval() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 6);
+    let readable = std::fs::read_to_string(sample_dir.join("samples.txt")).unwrap();
     for l in &lines {
         let toks = l["tokens"].as_array().unwrap();
         assert_eq!(toks.len(), 32);
         // noise_removal leaves no mask token (id 4 in the char vocabulary).
         assert!(toks.iter().all(|t| t.as_i64().unwrap() != 4));
-        assert!(stdout(&out).contains(l["text"].as_str().unwrap()));
+        assert!(readable.contains(l["text"].as_str().unwrap()));
     }
+    // stdout shows the first sampling.num_sample_log samples (2 by default).
+    assert!(stdout(&out).contains(lines[1]["text"].as_str().unwrap()));
     assert!(stdout(&out).contains("denoiser calls"));
 }
 

@@ -1,23 +1,32 @@
-//! `mdlm sample-eval`: draw samples from a checkpoint, print them, write JSONL, report cost.
+//! `mdlm sample-eval`: draw samples from a checkpoint, print them, write them as JSONL and as a
+//! readable text file, report their cost (and, when asked, their generative perplexity).
 
 use super::setup::{self, Run};
 use crate::config::{self, Config};
+use crate::data::Tokenizer;
 use crate::model::Net;
 use crate::sample::ar::{ArSampleSpec, ArSampler, TorchGumbel, sample_ar};
 use crate::sample::categorical::TorchUniforms;
 use crate::sample::ddpm::DrawMode;
 use crate::sample::semi_ar::{SemiArSpec, sample_semi_ar};
-use crate::sample::{self, Denoiser, ModelDenoiser, Predictor, SampleSpec};
-use anyhow::{Context, Result};
+use crate::sample::{self, ConfidenceRule, Denoiser, Held, ModelDenoiser, Predictor, SampleSpec};
+use anyhow::{Context, Result, bail};
 use serde_json::json;
 use std::io::Write;
 use std::time::Instant;
-use tch::Kind;
+use tch::{Device, Kind, Tensor};
 
 pub struct SampleReport {
     pub texts: Vec<String>,
     pub forward_calls: usize,
     pub seconds: f64,
+}
+
+/// One batch of samples and what it cost.
+struct Drawn {
+    tokens: Tensor,
+    calls: usize,
+    seconds: f64,
 }
 
 pub fn run(cfg: Config) -> Result<SampleReport> {
@@ -27,135 +36,186 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
         run_dir,
     } = setup::start(cfg)?;
     let tokenizer = crate::data::tokenizer_by_name(&cfg.data.tokenizer_name_or_path)?;
+    let s = &cfg.sampling;
+    if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+        bail!("sampling.top_p={} must be in (0, 1]", s.top_p);
+    }
+    if !(s.temperature > 0.0 && s.temperature.is_finite()) {
+        bail!("sampling.temperature={} must be positive", s.temperature);
+    }
     let setup::EvalModel {
         model,
         diffusion,
         source,
     } = setup::eval_model(&cfg, tokenizer.as_ref(), device)?;
-    let mask_index = diffusion.mask_index;
     let batch = cfg
         .loader
         .eval_batch_size
         .context("loader.eval_batch_size unresolved")? as i64;
     let length = cfg.model.length as i64;
+    // `sampling.num_samples` is the convenient spelling of num_sample_batches x eval batch.
+    let n_batches = match s.num_samples {
+        Some(0) => bail!("sampling.num_samples=0: nothing to sample"),
+        Some(n) => n.div_ceil(batch as usize),
+        None => s.num_sample_batches,
+    };
+    let wanted = s.num_samples.unwrap_or(n_batches * batch as usize);
     // float64 Gumbel noise unless the user asks for the reference's float32 draws.
-    let kind = if cfg.sampling.float64_gumbel {
+    let kind = if s.float64_gumbel {
         Kind::Double
     } else {
         Kind::Float
     };
+    let held = held_tokens(&cfg, tokenizer.as_ref(), batch, length, device)?;
 
-    let start = Instant::now();
-    let mut batches = Vec::new();
-    let (forward_calls, what) = match &model.net {
+    let bar = progress(n_batches);
+    let mut drawn: Vec<Drawn> = Vec::new();
+    let (steps, what) = match &model.net {
         Net::Dit(_) | Net::DiMamba(_) => {
             let den = ModelDenoiser::new(model.backbone(), &diffusion);
             let mut uniforms = TorchUniforms { kind };
-            if cfg.sampling.semi_ar {
+            if s.semi_ar {
+                if held.is_some() {
+                    bail!(
+                        "sampling.prefix / sampling.suffix do not combine with sampling.semi_ar=true"
+                    );
+                }
                 // The reference's semi-autoregressive generation: ddpm_cache steps of size
                 // 1/sampling.steps per stride, whatever sampling.predictor says.
                 let spec = SemiArSpec {
                     batch,
                     length,
-                    stride_length: cfg.sampling.stride_length as i64,
-                    num_strides: cfg.sampling.num_strides as i64,
-                    dt: 1.0 / cfg.sampling.steps as f64,
+                    stride_length: s.stride_length as i64,
+                    num_strides: s.num_strides as i64,
+                    dt: 1.0 / s.steps as f64,
                 };
-                for _ in 0..cfg.sampling.num_sample_batches {
-                    batches.push(
-                        sample_semi_ar(&den, &diffusion, &spec, device, &mut uniforms)?.tokens,
-                    );
+                for _ in 0..n_batches {
+                    let (start, calls) = (Instant::now(), den.calls());
+                    let tokens =
+                        sample_semi_ar(&den, &diffusion, &spec, device, &mut uniforms)?.tokens;
+                    drawn.push(finish(tokens, den.calls() - calls, start, &bar));
                 }
                 let what = format!(
-                    "semi-autoregressive ddpm_cache, {} strides of {} tokens, dt 1/{}",
+                    "semi_ar (ddpm_cache, {} strides of {} tokens, dt 1/{})",
                     spec.num_strides + 1,
                     spec.stride_length,
-                    cfg.sampling.steps
+                    s.steps
                 );
-                (den.calls(), what)
+                (s.steps, what)
             } else {
-                let predictor = match cfg.sampling.predictor {
+                let predictor = match s.predictor {
                     config::Predictor::Ddpm => Predictor::Ddpm,
                     config::Predictor::DdpmCache => Predictor::DdpmCache,
                     config::Predictor::Analytic => Predictor::Analytic,
+                    config::Predictor::FirstHitting => Predictor::FirstHitting,
+                    config::Predictor::Confidence => Predictor::Confidence,
                 };
                 let spec = SampleSpec {
                     predictor,
-                    steps: cfg.sampling.steps as i64,
+                    steps: s.steps as i64,
                     eps: 1e-5,
-                    noise_removal: cfg.sampling.noise_removal,
+                    noise_removal: s.noise_removal,
                     batch,
                     length,
                     // The sparse draw goes with our float64 default; `float64_gumbel=false`
                     // replays the reference's draws exactly.
-                    draws: if cfg.sampling.float64_gumbel {
+                    draws: if s.float64_gumbel {
                         DrawMode::Sparse
                     } else {
                         DrawMode::Reference
                     },
-                    temperature: 1.0,
-                    top_p: 1.0,
-                    confidence: crate::sample::ConfidenceRule::Schedule,
-                    held: None,
+                    temperature: s.temperature,
+                    top_p: s.top_p,
+                    confidence: match s.confidence_threshold {
+                        Some(t) => ConfidenceRule::Threshold(t),
+                        None => ConfidenceRule::Schedule,
+                    },
+                    held: held.as_ref().map(|h| Held {
+                        tokens: h.tokens.shallow_clone(),
+                        held: h.held.shallow_clone(),
+                    }),
                 };
-                for _ in 0..cfg.sampling.num_sample_batches {
-                    batches.push(
+                for _ in 0..n_batches {
+                    let (start, calls) = (Instant::now(), den.calls());
+                    let tokens =
                         sample::sample(&den, &diffusion, &spec, device, &mut uniforms, false)?
-                            .tokens,
-                    );
+                            .tokens;
+                    drawn.push(finish(tokens, den.calls() - calls, start, &bar));
                 }
-                (den.calls(), format!("{predictor:?}, {} steps", spec.steps))
+                (s.steps, sampler_name(s))
             }
         }
         Net::Ar(ar) => {
+            if held.is_some() {
+                bail!("sampling.prefix / sampling.suffix are for the diffusion samplers");
+            }
             let spec = ArSampleSpec {
                 batch,
                 length,
                 bos: tokenizer.bos_id() as i64,
-                mask_index,
+                mask_index: diffusion.mask_index,
             };
             let mut gumbel = TorchGumbel { kind };
-            let mut calls = 0;
-            for _ in 0..cfg.sampling.num_sample_batches {
+            for _ in 0..n_batches {
+                let start = Instant::now();
                 let out = sample_ar(ar, &spec, ArSampler::Cached, device, &mut gumbel, false);
-                calls += out.forward_calls;
-                batches.push(out.tokens);
+                drawn.push(finish(out.tokens, out.forward_calls, start, &bar));
             }
-            (calls, "AR with KV cache".to_string())
+            (length as usize, "ar (KV cache)".to_string())
         }
     };
-    let seconds = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let seconds: f64 = drawn.iter().map(|d| d.seconds).sum();
+    let forward_calls: usize = drawn.iter().map(|d| d.calls).sum();
 
     let path = run_dir.join("samples.jsonl");
+    let text_path = run_dir.join("samples.txt");
     let mut out =
         std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let mut readable = std::fs::File::create(&text_path)
+        .with_context(|| format!("creating {}", text_path.display()))?;
     let mut texts = Vec::new();
-    for (b, tokens) in batches.iter().enumerate() {
-        let rows: Vec<Vec<i64>> = Vec::<Vec<i64>>::try_from(tokens.to_device(tch::Device::Cpu))?;
+    'batches: for (b, d) in drawn.iter().enumerate() {
+        let rows: Vec<Vec<i64>> = Vec::<Vec<i64>>::try_from(d.tokens.to_device(Device::Cpu))?;
         for (i, row) in rows.iter().enumerate() {
+            if texts.len() == wanted {
+                break 'batches;
+            }
             let ids: Vec<u32> = row.iter().map(|&t| t as u32).collect();
             let text = tokenizer.decode(&ids);
             writeln!(
                 out,
                 "{}",
-                json!({"batch": b, "index": i, "text": text, "tokens": row})
+                json!({
+                    "index": texts.len(), "batch": b, "row": i, "text": text, "tokens": row,
+                    "sampler": what, "steps": steps,
+                    // Per batch: the denoiser's cost is shared by the rows drawn together.
+                    "batch_denoiser_calls": d.calls, "batch_seconds": d.seconds,
+                })
+            )?;
+            writeln!(
+                readable,
+                "=== sample {} ({what}) ===\n{text}\n",
+                texts.len()
             )?;
             texts.push(text);
         }
     }
-    for (i, t) in texts.iter().enumerate() {
+    for (i, t) in texts.iter().take(s.num_sample_log.max(1)).enumerate() {
         println!("--- sample {i} ---\n{t}");
     }
     println!(
-        "{} samples of {length} tokens from {} with {what}: {seconds:.2} s, {forward_calls} denoiser calls ({} gumbel); written to {}",
+        "{} samples of {} tokens from {source} with {what}, {steps} steps: {seconds:.2} s ({:.3} s per sample), {forward_calls} denoiser calls ({} gumbel); written to {} and {}",
         texts.len(),
-        source,
-        if cfg.sampling.float64_gumbel {
+        drawn.first().map_or(length, |d| d.tokens.size()[1]),
+        seconds / texts.len().max(1) as f64,
+        if s.float64_gumbel {
             "float64"
         } else {
             "float32, as the reference"
         },
-        path.display()
+        path.display(),
+        text_path.display()
     );
     if cfg.eval.compute_generative_perplexity {
         let name = &cfg.eval.gen_ppl_eval_model_name_or_path;
@@ -173,7 +233,7 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
         let metrics = run_dir.join("metrics.jsonl");
         std::fs::write(
             &metrics,
-            format!("{}\n", json!({"gen_ppl": r.gen_ppl, "evaluator": name, "samples_scored": r.samples_scored, "unigram_entropy": r.unigram_entropy})),
+            format!("{}\n", json!({"gen_ppl": r.gen_ppl, "evaluator": name, "samples_scored": r.samples_scored, "unigram_entropy": r.unigram_entropy, "sampler": what, "steps": steps})),
         )
         .with_context(|| format!("writing {}", metrics.display()))?;
     }
@@ -182,4 +242,95 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
         forward_calls,
         seconds,
     })
+}
+
+fn finish(tokens: Tensor, calls: usize, start: Instant, bar: &indicatif::ProgressBar) -> Drawn {
+    // The timing waits for the device: the tokens are needed on the host anyway.
+    let tokens = tokens.to_device(Device::Cpu);
+    bar.inc(1);
+    Drawn {
+        tokens,
+        calls,
+        seconds: start.elapsed().as_secs_f64(),
+    }
+}
+
+fn progress(n_batches: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(n_batches as u64).with_style(
+        indicatif::ProgressStyle::with_template("sampling {bar:30} {pos}/{len} batches ({eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    bar
+}
+
+/// The sampler as the output files name it, with the knobs that change its draws.
+fn sampler_name(s: &config::Sampling) -> String {
+    let mut name = serde_json::to_value(s.predictor)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_else(|| format!("{:?}", s.predictor));
+    if s.predictor == config::Predictor::Confidence {
+        match s.confidence_threshold {
+            Some(t) => name.push_str(&format!(" (threshold {t})")),
+            None => name.push_str(" (schedule)"),
+        }
+    }
+    if s.temperature != 1.0 {
+        name.push_str(&format!(", temperature {}", s.temperature));
+    }
+    if s.top_p < 1.0 {
+        name.push_str(&format!(", top-p {}", s.top_p));
+    }
+    name
+}
+
+/// `sampling.prefix` after BOS at the start and `sampling.suffix` (then EOS) at the end of every
+/// row, held fixed; `None` when neither is set.
+fn held_tokens(
+    cfg: &Config,
+    tokenizer: &dyn Tokenizer,
+    batch: i64,
+    length: i64,
+    device: Device,
+) -> Result<Option<Held>> {
+    let (prefix, suffix) = (&cfg.sampling.prefix, &cfg.sampling.suffix);
+    if prefix.is_none() && suffix.is_none() {
+        return Ok(None);
+    }
+    let mut head = vec![tokenizer.bos_id() as i64];
+    head.extend(
+        tokenizer
+            .encode(prefix.as_deref().unwrap_or(""))
+            .into_iter()
+            .map(i64::from),
+    );
+    let mut tail: Vec<i64> = Vec::new();
+    if let Some(sfx) = suffix {
+        tail.extend(tokenizer.encode(sfx).into_iter().map(i64::from));
+        tail.push(tokenizer.eos_id() as i64);
+    }
+    let fixed = head.len() + tail.len();
+    if fixed >= length as usize {
+        bail!(
+            "sampling.prefix/suffix take {fixed} of the model's {length} tokens, leaving none to generate"
+        );
+    }
+    let mut row = vec![-1i64; length as usize];
+    row[..head.len()].copy_from_slice(&head);
+    let end = length as usize - tail.len();
+    row[end..].copy_from_slice(&tail);
+    let mask: Vec<bool> = row.iter().map(|&t| t >= 0).collect();
+    let row: Vec<i64> = row.iter().map(|&t| t.max(0)).collect();
+    let tokens = Tensor::from_slice(&row)
+        .view([1, length])
+        .expand([batch, length], false)
+        .contiguous()
+        .to_device(device);
+    let held = Tensor::from_slice(&mask)
+        .view([1, length])
+        .expand([batch, length], false)
+        .contiguous()
+        .to_device(device);
+    Ok(Some(Held { tokens, held }))
 }

@@ -80,6 +80,10 @@ pub enum Predictor {
     Ddpm,
     DdpmCache,
     Analytic,
+    /// Ours: exact first-hitting sampler (one denoiser call per unmasked token).
+    FirstHitting,
+    /// Ours: confidence-based parallel decoding.
+    Confidence,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,6 +113,30 @@ pub struct Sampling {
     pub num_strides: usize,
     /// Ours: draw Gumbel noise in float64 (the reference uses float32; `false` reproduces it).
     pub float64_gumbel: bool,
+    /// Ours: total samples wanted; when set, `num_sample_batches` becomes
+    /// `ceil(num_samples / loader.eval_batch_size)` and the output keeps exactly this many.
+    #[serde(default)]
+    pub num_samples: Option<usize>,
+    /// Ours: divides the denoiser's logits (1 = off).
+    #[serde(default = "one")]
+    pub temperature: f64,
+    /// Ours: nucleus filtering of the denoiser's distribution (1 = off).
+    #[serde(default = "one")]
+    pub top_p: f64,
+    /// Ours, `predictor=confidence`: unmask every position at least this confident per step;
+    /// `null` unmasks the `masked / steps left` most confident ones.
+    #[serde(default)]
+    pub confidence_threshold: Option<f64>,
+    /// Ours: conditional generation. Text held at the start (after BOS) of every sample.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Ours: text held at the end of every sample (with `prefix`: infilling).
+    #[serde(default)]
+    pub suffix: Option<String>,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
