@@ -124,3 +124,88 @@ fn sampling_options_end_to_end() {
     let line = error_line(&mdlm(tmp.path(), &a));
     assert!(line.contains("sampling.top_p"), "{line}");
 }
+
+/// Per-token mean frequency over sequences and its standard error (sequences are the
+/// independent units; tokens within one are correlated).
+fn marginals(rows: &[Value], vocab: usize) -> (Vec<f64>, Vec<f64>) {
+    let per_seq: Vec<Vec<f64>> = rows
+        .iter()
+        .map(|r| {
+            let ids = tokens(r);
+            let mut f = vec![0.0; vocab];
+            // Position 0 is BOS in nearly every sample; the rest carry the model's marginals.
+            for &t in &ids[1..] {
+                f[t as usize] += 1.0 / (ids.len() - 1) as f64;
+            }
+            f
+        })
+        .collect();
+    let n = per_seq.len() as f64;
+    let mean: Vec<f64> = (0..vocab)
+        .map(|v| per_seq.iter().map(|f| f[v]).sum::<f64>() / n)
+        .collect();
+    let se: Vec<f64> = (0..vocab)
+        .map(|v| {
+            let var = per_seq
+                .iter()
+                .map(|f| (f[v] - mean[v]).powi(2))
+                .sum::<f64>()
+                / (n - 1.0);
+            (var / n).sqrt()
+        })
+        .collect();
+    (mean, se)
+}
+
+/// The largest two-sample z over tokens with some mass.
+fn max_z(a: &(Vec<f64>, Vec<f64>), b: &(Vec<f64>, Vec<f64>)) -> f64 {
+    (0..a.0.len())
+        .filter(|&v| a.0[v] + b.0[v] > 0.002)
+        .map(|v| (a.0[v] - b.0[v]).abs() / (a.1[v].powi(2) + b.1[v].powi(2)).sqrt().max(1e-4))
+        .fold(0.0, f64::max)
+}
+
+/// On a tiny trained model, first hitting (exact) and ddpm with many steps give the same token
+/// marginals within sampling error (as do two first-hitting runs); greedy confidence decoding,
+/// which does not sample the model, is far off by the same measure.
+#[test]
+fn first_hitting_and_many_step_ddpm_agree_on_a_trained_model() {
+    let tmp = TempDir::new("sampling-marginals");
+    shakespeare_cache(tmp.path());
+    let ckpt = train_tiny(tmp.path(), &tmp.path().join("train"), 150);
+    let vocab = CharTokenizer::extended().vocab_size() + 1;
+    let run = |tag: &str, extra: &[&str]| {
+        let mut a = vec![
+            "sampling.num_samples=384",
+            "loader.eval_global_batch_size=128",
+        ];
+        a.extend_from_slice(extra);
+        marginals(&sample(tmp.path(), &ckpt, tag, &a), vocab)
+    };
+    let fh = run("fh", &["sampling.predictor=first_hitting", "seed=11"]);
+    let ddpm = run(
+        "ddpm",
+        &["sampling.predictor=ddpm", "sampling.steps=1000", "seed=12"],
+    );
+    let fh2 = run("fh2", &["sampling.predictor=first_hitting", "seed=13"]);
+    let greedy = run(
+        "greedy",
+        &[
+            "sampling.predictor=confidence",
+            "sampling.steps=4",
+            "sampling.top_p=1e-9",
+        ],
+    );
+    let (z_same, z_fh) = (max_z(&fh, &ddpm), max_z(&fh, &fh2));
+    let z_greedy = max_z(&fh, &greedy);
+    eprintln!(
+        "max z: first_hitting vs ddpm(1000) {z_same:.2}, vs first_hitting {z_fh:.2}, vs greedy confidence {z_greedy:.2}"
+    );
+    // About 100 tokens compared: 4.5 standard errors leaves a false alarm rate near 1e-3.
+    assert!(z_same < 4.5, "first hitting vs ddpm(1000): max z {z_same}");
+    assert!(z_fh < 4.5, "first hitting vs itself: max z {z_fh}");
+    assert!(
+        z_greedy > 8.0,
+        "greedy decoding should differ: max z {z_greedy}"
+    );
+}

@@ -69,6 +69,7 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
     let held = held_tokens(&cfg, tokenizer.as_ref(), batch, length, device)?;
 
     let bar = progress(n_batches);
+    // Ticks per step of the predictor's schedule; the bar's length is set once the spec is known.
     let mut drawn: Vec<Drawn> = Vec::new();
     let (steps, what) = match &model.net {
         Net::Dit(_) | Net::DiMamba(_) => {
@@ -93,7 +94,7 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
                     let (start, calls) = (Instant::now(), den.calls());
                     let tokens =
                         sample_semi_ar(&den, &diffusion, &spec, device, &mut uniforms)?.tokens;
-                    drawn.push(finish(tokens, den.calls() - calls, start, &bar));
+                    drawn.push(finish(tokens, den.calls() - calls, start, Some(&bar)));
                 }
                 let what = format!(
                     "semi_ar (ddpm_cache, {} strides of {} tokens, dt 1/{})",
@@ -135,12 +136,20 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
                         held: h.held.shallow_clone(),
                     }),
                 };
+                bar.set_length(n_batches as u64 * sample::observed_steps(&spec));
                 for _ in 0..n_batches {
                     let (start, calls) = (Instant::now(), den.calls());
-                    let tokens =
-                        sample::sample(&den, &diffusion, &spec, device, &mut uniforms, false)?
-                            .tokens;
-                    drawn.push(finish(tokens, den.calls() - calls, start, &bar));
+                    let tokens = sample::sample_observed(
+                        &den,
+                        &diffusion,
+                        &spec,
+                        device,
+                        &mut uniforms,
+                        false,
+                        &mut || bar.inc(1),
+                    )?
+                    .tokens;
+                    drawn.push(finish(tokens, den.calls() - calls, start, None));
                 }
                 (s.steps, sampler_name(s))
             }
@@ -159,7 +168,7 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
             for _ in 0..n_batches {
                 let start = Instant::now();
                 let out = sample_ar(ar, &spec, ArSampler::Cached, device, &mut gumbel, false);
-                drawn.push(finish(out.tokens, out.forward_calls, start, &bar));
+                drawn.push(finish(out.tokens, out.forward_calls, start, Some(&bar)));
             }
             (length as usize, "ar (KV cache)".to_string())
         }
@@ -244,10 +253,18 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
     })
 }
 
-fn finish(tokens: Tensor, calls: usize, start: Instant, bar: &indicatif::ProgressBar) -> Drawn {
+/// `bar` ticks once per batch (samplers without per-step ticks).
+fn finish(
+    tokens: Tensor,
+    calls: usize,
+    start: Instant,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Drawn {
     // The timing waits for the device: the tokens are needed on the host anyway.
     let tokens = tokens.to_device(Device::Cpu);
-    bar.inc(1);
+    if let Some(bar) = bar {
+        bar.inc(1);
+    }
     Drawn {
         tokens,
         calls,
@@ -257,7 +274,7 @@ fn finish(tokens: Tensor, calls: usize, start: Instant, bar: &indicatif::Progres
 
 fn progress(n_batches: usize) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(n_batches as u64).with_style(
-        indicatif::ProgressStyle::with_template("sampling {bar:30} {pos}/{len} batches ({eta})")
+        indicatif::ProgressStyle::with_template("sampling {bar:30} {pos}/{len} ({eta})")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());

@@ -263,6 +263,36 @@ pub fn sample(
     uniforms: &mut dyn Uniforms,
     keep_trajectory: bool,
 ) -> anyhow::Result<SampleOut> {
+    sample_observed(
+        den,
+        diff,
+        spec,
+        device,
+        uniforms,
+        keep_trajectory,
+        &mut || {},
+    )
+}
+
+/// How many times [`sample_observed`] calls its observer: once per step of the predictor's
+/// schedule (per generated token for first hitting), so a progress bar can be sized up front.
+pub fn observed_steps(spec: &SampleSpec) -> u64 {
+    match spec.predictor {
+        Predictor::FirstHitting => spec.length as u64,
+        _ => spec.steps.max(0) as u64,
+    }
+}
+
+/// [`sample`], calling `on_step` after every step (a progress bar's tick).
+pub fn sample_observed(
+    den: &dyn Denoiser,
+    diff: &Diffusion,
+    spec: &SampleSpec,
+    device: Device,
+    uniforms: &mut dyn Uniforms,
+    keep_trajectory: bool,
+    on_step: &mut dyn FnMut(),
+) -> anyhow::Result<SampleOut> {
     if spec.predictor == Predictor::DdpmCache
         && !matches!(diff.noise, crate::diffusion::Noise::LogLinear { .. })
     {
@@ -296,6 +326,7 @@ pub fn sample(
     match spec.predictor {
         Predictor::FirstHitting => {
             x = first_hitting::run(&filtered, diff, x, &pin, uniforms, &mut |x| {
+                on_step();
                 if keep_trajectory {
                     trajectory.push(x.copy());
                 }
@@ -313,6 +344,7 @@ pub fn sample(
                 filter: spec.filter(),
             };
             x = run.run(den, diff, x, &pin, uniforms, &mut |x| {
+                on_step();
                 if keep_trajectory {
                     trajectory.push(x.copy());
                 }
@@ -355,6 +387,7 @@ pub fn sample(
             Predictor::Analytic => analytic::step(den, diff, &x, &t, dt, uniforms),
             Predictor::FirstHitting | Predictor::Confidence => unreachable!("dispatched above"),
         });
+        on_step();
         if keep_trajectory {
             trajectory.push(x.copy());
         }
