@@ -11,7 +11,7 @@ mod common;
 use common::sync;
 use mdlm::backbone::scan::{ScanMode, selective_scan};
 use mdlm::backbone::{Backbone, Dimamba, DimambaConfig, Dit, DitConfig};
-use mdlm::diffusion::{Diffusion, Draws, Noise, Parameterization};
+use mdlm::diffusion::Draws;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor, nn};
 
@@ -70,22 +70,6 @@ fn scan_step(x: &ScanInputs, mode: ScanMode) {
     y.sum(Kind::Float).backward();
 }
 
-fn diffusion(vocab: i64) -> Diffusion {
-    Diffusion {
-        parameterization: Parameterization::Subs,
-        noise: Noise::LogLinear { eps: 1e-3 },
-        mask_index: vocab - 1,
-        vocab_size: vocab,
-        time_conditioning: false,
-        t_steps: 0,
-        subs_masking: false,
-        sampling_eps: 1e-3,
-        antithetic_sampling: true,
-        importance_sampling: false,
-        change_of_variables: false,
-    }
-}
-
 fn main() {
     let common::Env {
         device,
@@ -140,7 +124,7 @@ fn main() {
         "{:>6} | {:>10} | {:>10} | {:>16} | {:>8}",
         "L", "DiT", "DiMamba", "DiMamba seq scan", "ratio"
     );
-    let diff = diffusion(vocab);
+    let diff = common::subs_diffusion(vocab);
     let step_lens: &[i64] = if quick { &[128] } else { &[128, 512, 1024] };
     for &len in step_lens {
         tch::manual_seed(0);

@@ -9,7 +9,7 @@ mod common;
 
 use common::{sync, time};
 use mdlm::backbone::{Backbone, Dit, DitConfig};
-use mdlm::diffusion::{Diffusion, Draws, Noise, Parameterization};
+use mdlm::diffusion::Draws;
 use mdlm::sample::categorical::TorchUniforms;
 use mdlm::sample::ddpm::DrawMode;
 use mdlm::sample::{self, ModelDenoiser, Predictor, SampleSpec};
@@ -38,22 +38,6 @@ fn dit_config(s: &Shape, dropout: f64) -> DitConfig {
         mlp_ratio: 4,
         frequency_embedding_size: 256,
         rotary_base: 10000.0,
-    }
-}
-
-fn diffusion(vocab: i64) -> Diffusion {
-    Diffusion {
-        parameterization: Parameterization::Subs,
-        noise: Noise::LogLinear { eps: 1e-3 },
-        mask_index: vocab - 1,
-        vocab_size: vocab,
-        time_conditioning: false,
-        t_steps: 0,
-        subs_masking: false,
-        sampling_eps: 1e-3,
-        antithetic_sampling: true,
-        importance_sampling: false,
-        change_of_variables: false,
     }
 }
 
@@ -97,7 +81,7 @@ fn main() {
         let vs = nn::VarStore::new(device);
         let cfg = dit_config(s, 0.1);
         let dit = Dit::new(vs.root() / "backbone", &cfg, precision);
-        let diff = diffusion(s.vocab);
+        let diff = common::subs_diffusion(s.vocab);
         let x0 = Tensor::randint(s.vocab - 1, [s.batch, s.len], (Kind::Int64, device));
         let mask = Tensor::ones([s.batch, s.len], (Kind::Float, device));
         let mut params: Vec<Tensor> = vs.trainable_variables();
@@ -136,7 +120,7 @@ fn main() {
     let vs = nn::VarStore::new(device);
     let cfg = dit_config(s, 0.0);
     let dit = Dit::new(vs.root() / "backbone", &cfg, precision);
-    let diff = diffusion(s.vocab);
+    let diff = common::subs_diffusion(s.vocab);
     let steps = if quick { 32 } else { 1000 };
     let len = if quick { 32 } else { s.len };
     let mut results = Vec::new();

@@ -10,7 +10,7 @@ mod common;
 
 use common::{sync, time};
 use mdlm::backbone::{Dit, DitConfig};
-use mdlm::diffusion::{Diffusion, Noise, Parameterization};
+
 use mdlm::sample::categorical::TorchUniforms;
 use mdlm::sample::semi_ar::{self, SemiArSpec};
 use mdlm::sample::{ModelDenoiser, analytic, ddpm, ddpm_cache};
@@ -51,19 +51,7 @@ fn main() {
         rotary_base: 10000.0,
     };
     let dit = Dit::new(vs.root() / "backbone", &cfg, precision);
-    let diff = Diffusion {
-        parameterization: Parameterization::Subs,
-        noise: Noise::LogLinear { eps: 1e-3 },
-        mask_index: VOCAB - 1,
-        vocab_size: VOCAB,
-        time_conditioning: false,
-        t_steps: 0,
-        subs_masking: false,
-        sampling_eps: 1e-3,
-        antithetic_sampling: true,
-        importance_sampling: false,
-        change_of_variables: false,
-    };
+    let diff = common::subs_diffusion(VOCAB);
     let den = ModelDenoiser::new(&dit, &diff);
     // Half the positions masked, as midway through a run.
     let tokens = Tensor::randint(VOCAB - 1, [BATCH, LENGTH], (Kind::Int64, device));

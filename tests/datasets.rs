@@ -48,22 +48,23 @@ fn text8_like(chars: usize) -> String {
 /// wrapped in BOS/EOS.
 fn text8_expected(text: &str, chunk: usize, block: usize) -> Vec<Vec<u32>> {
     let t = CharTokenizer::text8();
-    let (bos, eos) = (t.bos_id(), t.eos_id());
-    let pieces: Vec<&str> = (0..text.len() / chunk)
-        .map(|k| &text[k * chunk..(k + 1) * chunk])
+    let docs: Vec<Vec<u32>> = (0..text.len() / chunk)
+        .map(|k| t.encode(&text[k * chunk..(k + 1) * chunk]))
         .collect();
+    wrap_expected(&docs, t.bos_id(), t.eos_id(), block)
+}
+
+/// `_group_texts` written out: per 1000 documents, each followed by EOS, the stream cut into
+/// `block - 2` tokens wrapped in BOS/EOS (the remainder dropped).
+fn wrap_expected(docs: &[Vec<u32>], bos: u32, eos: u32, block: usize) -> Vec<Vec<u32>> {
     let mut blocks = Vec::new();
-    for batch in pieces.chunks(1000) {
-        let mut stream = Vec::new();
-        for p in batch {
-            stream.extend(t.encode(p));
-            stream.push(eos);
-        }
+    for batch in docs.chunks(1000) {
+        let stream: Vec<u32> = batch
+            .iter()
+            .flat_map(|d| d.iter().copied().chain([eos]))
+            .collect();
         for piece in stream.chunks_exact(block - 2) {
-            let mut b = vec![bos];
-            b.extend_from_slice(piece);
-            b.push(eos);
-            blocks.push(b);
+            blocks.push([vec![bos], piece.to_vec(), vec![eos]].concat());
         }
     }
     blocks
@@ -161,22 +162,11 @@ fn text8_zip_is_unpacked_and_a_short_corpus_is_refused() {
 fn char_expected(rows: &[String], detok: Option<Detokenizer>, block: usize) -> Vec<Vec<u32>> {
     let t = CharTokenizer::extended();
     let (bos, eos) = t.wrap_ids();
-    let mut blocks = Vec::new();
-    for batch in rows.chunks(1000) {
-        let mut stream = Vec::new();
-        for r in batch {
-            let text = detok.map_or(r.clone(), |d| d.apply(r));
-            stream.extend(t.encode(&text));
-            stream.push(eos);
-        }
-        for piece in stream.chunks_exact(block - 2) {
-            let mut b = vec![bos];
-            b.extend_from_slice(piece);
-            b.push(eos);
-            blocks.push(b);
-        }
-    }
-    blocks
+    let docs: Vec<Vec<u32>> = rows
+        .iter()
+        .map(|r| t.encode(&detok.map_or(r.clone(), |d| d.apply(r))))
+        .collect();
+    wrap_expected(&docs, bos, eos, block)
 }
 
 /// `scientific_papers_*` from JSONL rows (the Hub's `article` field), with the reference's

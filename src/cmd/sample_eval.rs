@@ -18,8 +18,12 @@ use tch::{Device, Kind, Tensor};
 
 pub struct SampleReport {
     pub texts: Vec<String>,
+    pub tokens: Vec<Vec<u32>>,
+    /// Denoiser (or AR) forward passes over all batches.
     pub forward_calls: usize,
+    /// Sampling time over all batches (model loading excluded).
     pub seconds: f64,
+    pub gen_ppl: Option<f64>,
 }
 
 /// One batch of samples and what it cost.
@@ -184,6 +188,7 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
     let mut readable = std::fs::File::create(&text_path)
         .with_context(|| format!("creating {}", text_path.display()))?;
     let mut texts = Vec::new();
+    let mut all_tokens = Vec::new();
     'batches: for (b, d) in drawn.iter().enumerate() {
         let rows: Vec<Vec<i64>> = Vec::<Vec<i64>>::try_from(d.tokens.to_device(Device::Cpu))?;
         for (i, row) in rows.iter().enumerate() {
@@ -208,6 +213,7 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
                 texts.len()
             )?;
             texts.push(text);
+            all_tokens.push(ids);
         }
     }
     for (i, t) in texts.iter().take(s.num_sample_log.max(1)).enumerate() {
@@ -226,6 +232,7 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
         path.display(),
         text_path.display()
     );
+    let mut gen_ppl = None;
     if cfg.eval.compute_generative_perplexity {
         let name = &cfg.eval.gen_ppl_eval_model_name_or_path;
         let r = crate::eval::gen_ppl::evaluate(
@@ -239,6 +246,7 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
             "gen ppl {:.3} under {name} ({} samples scored) | mean unigram entropy {:.3} nats",
             r.gen_ppl, r.samples_scored, r.unigram_entropy
         );
+        gen_ppl = Some(r.gen_ppl);
         let metrics = run_dir.join("metrics.jsonl");
         std::fs::write(
             &metrics,
@@ -248,8 +256,10 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
     }
     Ok(SampleReport {
         texts,
+        tokens: all_tokens,
         forward_calls,
         seconds,
+        gen_ppl,
     })
 }
 

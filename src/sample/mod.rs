@@ -323,39 +323,31 @@ pub fn sample_observed(
     if keep_trajectory {
         trajectory.push(x.copy());
     }
-    match spec.predictor {
-        Predictor::FirstHitting => {
-            x = first_hitting::run(&filtered, diff, x, &pin, uniforms, &mut |x| {
-                on_step();
-                if keep_trajectory {
-                    trajectory.push(x.copy());
-                }
-            })?;
-            return Ok(SampleOut {
-                tokens: x,
-                trajectory,
-                forward_calls: den.calls() - calls_before,
-            });
-        }
-        Predictor::Confidence => {
+    if matches!(
+        spec.predictor,
+        Predictor::FirstHitting | Predictor::Confidence
+    ) {
+        let mut observe = |x: &Tensor| {
+            on_step();
+            if keep_trajectory {
+                trajectory.push(x.copy());
+            }
+        };
+        x = if spec.predictor == Predictor::FirstHitting {
+            first_hitting::run(&filtered, diff, x, &pin, uniforms, &mut observe)?
+        } else {
             let run = confidence::Run {
                 steps: spec.steps,
                 rule: spec.confidence,
                 filter: spec.filter(),
             };
-            x = run.run(den, diff, x, &pin, uniforms, &mut |x| {
-                on_step();
-                if keep_trajectory {
-                    trajectory.push(x.copy());
-                }
-            })?;
-            return Ok(SampleOut {
-                tokens: x,
-                trajectory,
-                forward_calls: den.calls() - calls_before,
-            });
-        }
-        Predictor::Ddpm | Predictor::DdpmCache | Predictor::Analytic => {}
+            run.run(den, diff, x, &pin, uniforms, &mut observe)?
+        };
+        return Ok(SampleOut {
+            tokens: x,
+            trajectory,
+            forward_calls: den.calls() - calls_before,
+        });
     }
     let den: &dyn Denoiser = &filtered;
     let timesteps = Tensor::linspace(1.0, spec.eps, spec.steps + 1, (Kind::Float, device));
