@@ -216,7 +216,7 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
             all_tokens.push(ids);
         }
     }
-    for (i, t) in texts.iter().take(s.num_sample_log.max(1)).enumerate() {
+    for (i, t) in texts.iter().take(s.num_sample_log).enumerate() {
         println!("--- sample {i} ---\n{t}");
     }
     println!(
