@@ -5,4 +5,6 @@ _mdlm_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LIBTORCH="$(bash "$_mdlm_root/scripts/setup-libtorch.sh")"
 export LIBTORCH
 ln -sfn "$LIBTORCH" "$_mdlm_root/.libtorch"
+# Headers for the c10d bridge (gloo; CUDA crt/CCCL for NCCL): see scripts/setup-dist.sh.
+bash "$_mdlm_root/scripts/setup-dist.sh"
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }

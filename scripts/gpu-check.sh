@@ -41,6 +41,13 @@ done
 "$BIN" train experiment=shakespeare model=small model.length=1024 trainer.accelerator=cuda trainer.precision=bf16 \
   loader.global_batch_size=32 trainer.max_steps=60 trainer.val_check_interval=60 trainer.limit_val_batches=4 \
   callbacks.checkpoint_every_n_steps.every_n_train_steps=1000 hydra.run.dir="$OUTDIR/small" 2>&1 | grep -v '^[│├└]' | tail -4
-{ set +x; } 2>/dev/null; peak
+{ set +x; } 2>/dev/null; peak; set -x
+# NCCL process group of world size 1 (torchrun-style variables): rendezvous, weight broadcast,
+# per-step gradient all-reduce, validation all-reduce, barrier and shutdown on libtorch_cuda's
+# ProcessGroupNCCL. The last lines must show the trained steps; an error names the rank.
+RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29517 \
+  "$BIN" train experiment=shakespeare trainer.accelerator=cuda trainer.max_steps=50 trainer.val_check_interval=50 \
+  trainer.dist_timeout_s=120 hydra.run.dir="$OUTDIR/nccl" 2>&1 | grep -v '^[│├└]' | tail -4
+{ set +x; } 2>/dev/null
 [ -x "$BENCH" ] && MDLM_BENCH_DEVICE=cuda "$BENCH"
 peak

@@ -10,6 +10,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod diffusion;
+pub mod dist;
 pub mod eval;
 pub mod model;
 pub mod sample;

@@ -43,7 +43,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     match cli.command {
-        Command::Train(_) => mdlm::cmd::train::run(cfg).map(|_| ()),
+        Command::Train(_) => mdlm::cmd::train::main(cfg),
         Command::SampleEval(_) => mdlm::cmd::sample_eval::run(cfg).map(|_| ()),
         Command::ExportHf(ref e) => mdlm::cmd::export_hf::run(cfg, &e.out),
         Command::PplEval(_) => unreachable!("handled above"),

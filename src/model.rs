@@ -17,6 +17,15 @@ pub struct Model {
     pub net: Net,
 }
 
+/// Which rows of a data-parallel batch this process holds, and the seed its own randomness
+/// (dropout) continues from.
+#[derive(Debug, Clone, Copy)]
+pub struct RowShare {
+    pub rank: i64,
+    pub world: i64,
+    pub rank_seed: i64,
+}
+
 /// What training and validation need from one batch, whatever the objective.
 pub struct BatchLoss {
     /// Token-mean loss (what is minimised).
@@ -62,10 +71,38 @@ impl Model {
         mask: &Tensor,
         train: bool,
     ) -> Result<BatchLoss> {
+        self.batch_loss_rows(diffusion, x0, mask, train, None)
+    }
+
+    /// [`Model::batch_loss`] for one data-parallel rank holding rows `share.rank` (stride
+    /// `share.world`) of the global batch: the diffusion draws are the global batch's rows (see
+    /// [`Draws::sample_rows`]), and the generator is then reseeded per rank so that dropout
+    /// differs between replicas.
+    pub fn batch_loss_rows(
+        &self,
+        diffusion: &Diffusion,
+        x0: &Tensor,
+        mask: &Tensor,
+        train: bool,
+        share: Option<RowShare>,
+    ) -> Result<BatchLoss> {
+        let draws = |b: i64, l: i64, dev: Device| {
+            let d = match share {
+                Some(s) => {
+                    Draws::sample_rows(b, l, dev, s.rank, s.world, diffusion.antithetic_sampling)
+                }
+                None => Draws::sample(b, l, dev),
+            };
+            // Evaluation has no dropout, and reseeding there would break the draws' continuity.
+            if let Some(s) = share.filter(|s| s.world > 1 && train) {
+                tch::manual_seed(s.rank_seed);
+            }
+            d
+        };
         match &self.net {
             Net::Dit(dit) => {
                 let (b, l) = x0.size2()?;
-                let draws = Draws::sample(b, l, x0.device());
+                let draws = draws(b, l, x0.device());
                 let p = diffusion.loss(dit, x0, mask, &draws, train)?;
                 Ok(BatchLoss {
                     loss: p.loss,
@@ -75,7 +112,7 @@ impl Model {
             }
             Net::DiMamba(m) => {
                 let (b, l) = x0.size2()?;
-                let draws = Draws::sample(b, l, x0.device());
+                let draws = draws(b, l, x0.device());
                 let p = diffusion.loss(m, x0, mask, &draws, train)?;
                 Ok(BatchLoss {
                     loss: p.loss,
@@ -84,6 +121,9 @@ impl Model {
                 })
             }
             Net::Ar(ar) => {
+                if let Some(s) = share.filter(|s| s.world > 1 && train) {
+                    tch::manual_seed(s.rank_seed);
+                }
                 let p = diffusion::ar::loss(ar, x0, mask, diffusion.mask_index, train);
                 Ok(BatchLoss {
                     loss: p.loss,

@@ -18,18 +18,40 @@ pub struct Run {
 
 /// Resolves the device and batch arithmetic, checks that this build supports the requested
 /// model, and writes the resolved config into a fresh run directory.
-pub fn start(mut cfg: Config) -> Result<Run> {
+pub fn start(cfg: Config) -> Result<Run> {
+    start_rank(cfg, None)
+}
+
+/// [`start`] for one rank of a data-parallel run: the batch arithmetic is resolved for and
+/// checked against the launcher's world size (before any process group exists), the rank
+/// drives the CUDA device of its local rank, and only rank 0 writes into the run directory.
+pub fn start_rank(mut cfg: Config, launch: Option<&crate::dist::Launch>) -> Result<Run> {
     check_supported(&cfg)?;
-    let device = crate::device::resolve(cfg.trainer.accelerator)?;
-    // One process drives one device; the reference's resolvers divide by the device count.
-    cfg.resolve_devices(1);
-    cfg.validate()?;
+    let mut device = crate::device::resolve(cfg.trainer.accelerator)?;
+    match launch {
+        None => {
+            // One process drives one device; the reference's resolvers divide by the device count.
+            cfg.resolve_devices(1);
+            cfg.validate()?;
+        }
+        Some(l) => {
+            cfg.resolve_devices(l.world / cfg.trainer.num_nodes.max(1));
+            cfg.validate()?;
+            cfg.check_data_parallel(l.world)
+                .with_context(|| format!("rank {} of {} ({})", l.rank, l.world, l.source))?;
+            if device.is_cuda() {
+                device = tch::Device::Cuda(l.local_rank);
+            }
+        }
+    }
     let run_dir = cfg.run_dir();
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("creating run directory {}", run_dir.display()))?;
-    let cfg_path = run_dir.join("config.yaml");
-    std::fs::write(&cfg_path, cfg.to_yaml())
-        .with_context(|| format!("writing {}", cfg_path.display()))?;
+    if launch.is_none_or(|l| l.rank == 0) {
+        std::fs::create_dir_all(&run_dir)
+            .with_context(|| format!("creating run directory {}", run_dir.display()))?;
+        let cfg_path = run_dir.join("config.yaml");
+        std::fs::write(&cfg_path, cfg.to_yaml())
+            .with_context(|| format!("writing {}", cfg_path.display()))?;
+    }
     tch::manual_seed(cfg.seed as i64);
     Ok(Run {
         cfg,

@@ -1,23 +1,78 @@
-//! `mdlm train`: prepare data, build the model, run the loop, report.
+//! `mdlm train`: prepare data, build the model, run the loop, report — as one process, as one
+//! rank of a data-parallel run started by `srun` / torchrun-style variables, or as the local
+//! launcher (`trainer.devices=N` without a launcher) that starts one rank per device.
 
 use super::setup::{self, Run};
 use crate::config::{Config, CountOrFraction, LrSchedulerKind};
 use crate::data::prepare::prepare_one;
 use crate::data::{Loader, Split, StreamLoader, TokenBlocks, Tokenizer, TrainBatches};
+use crate::dist::{self, Backend, Launch, ProcessGroup};
 use crate::train::lr::{CosineDecayWarmup, LrSchedule};
 use crate::train::optim::AdamWConfig;
 use crate::train::trainer::{self, TrainOutcome, TrainPlan};
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+/// The `mdlm train` entry point: decides between one process, one rank, and the local launcher.
+pub fn main(cfg: Config) -> Result<()> {
+    let launch = Launch::from_env()?;
+    let devices = cfg.trainer.devices.unwrap_or(1);
+    let nodes = cfg.trainer.num_nodes.max(1);
+    if launch.is_none() && devices * nodes > 1 {
+        if nodes > 1 {
+            bail!(
+                "trainer.num_nodes={nodes}: a multi-node run needs a launcher on every node (srun, see scripts/train_owt_mdlm.sh, or RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT per process)"
+            );
+        }
+        // The batch arithmetic fails here, before any process or process group exists.
+        let mut resolved = cfg.clone();
+        resolved.resolve_devices(devices);
+        resolved.validate()?;
+        resolved.check_data_parallel(devices)?;
+        // Every rank must use the run directory this process resolved (it may hold `${now:}`).
+        let args: Vec<String> = std::env::args()
+            .skip(1)
+            .chain([format!("hydra.run.dir={}", cfg.run_dir().display())])
+            .collect();
+        let exe = std::env::current_exe().context("locating the mdlm executable")?;
+        eprintln!(
+            "starting {devices} ranks on this machine (one per device); run dir {}",
+            cfg.run_dir().display()
+        );
+        let grace = Duration::from_secs_f64(cfg.trainer.dist_timeout_s + 30.0);
+        return dist::launch::spawn_local(&exe, &args, devices, grace);
+    }
+    run_rank(cfg, launch.as_ref()).map(|_| ())
+}
+
+/// Trains in this process alone.
 pub fn run(cfg: Config) -> Result<TrainOutcome> {
+    run_rank(cfg, None)
+}
+
+/// Trains as rank `launch.rank` of a data-parallel run (or alone with `None`).
+pub fn run_rank(cfg: Config, launch: Option<&Launch>) -> Result<TrainOutcome> {
     let Run {
         cfg,
         device,
         run_dir,
-    } = setup::start(cfg)?;
-    eprintln!("{}", cfg.tree());
+    } = setup::start_rank(cfg, launch)?;
+    let main = launch.is_none_or(|l| l.rank == 0);
+    if main {
+        eprintln!("{}", cfg.tree());
+    }
+    let pg = match launch {
+        Some(l) => {
+            let timeout = Duration::from_secs_f64(cfg.trainer.dist_timeout_s);
+            let pg = ProcessGroup::init(l, Backend::for_device(device), timeout)?;
+            same_run(&pg, &cfg)?;
+            Some(pg)
+        }
+        None => None,
+    };
+    let (rank, world) = pg.as_ref().map_or((0, 1), |p| (p.rank(), p.world()));
     let batch = cfg
         .loader
         .batch_size
@@ -26,11 +81,28 @@ pub fn run(cfg: Config) -> Result<TrainOutcome> {
         .loader
         .eval_batch_size
         .context("loader.eval_batch_size unresolved")?;
-    let data = TrainData::new(&cfg, batch, device)?;
+    // Rank 0 prepares the data first; the others then open what it wrote.
+    let data = match &pg {
+        Some(pg) if pg.is_main() => {
+            let d = TrainData::new(&cfg, batch, device, rank, world)?;
+            pg.barrier()
+                .context("waiting for the other ranks after preparing data")?;
+            d
+        }
+        Some(pg) => {
+            pg.barrier()
+                .context("waiting for rank 0 to prepare the data")?;
+            TrainData::new(&cfg, batch, device, rank, world)?
+        }
+        None => TrainData::new(&cfg, batch, device, rank, world)?,
+    };
     let (vocab_size, mask_index) = setup::vocab(data.tokenizer.as_ref());
     let diffusion = setup::diffusion(&cfg, vocab_size, mask_index)?;
     let model = setup::build_model(&cfg, vocab_size, device)?;
     let ema_model = setup::build_model(&cfg, vocab_size, device)?;
+    if let Some(pg) = &pg {
+        dist::ddp::broadcast_params(pg, &model.params())?;
+    }
     let TrainData {
         mut train_loader,
         train_blocks,
@@ -38,33 +110,40 @@ pub fn run(cfg: Config) -> Result<TrainOutcome> {
         valid,
         tokenizer,
     } = data;
-    let mut valid_loader = Loader::eval(valid.clone(), eval_batch)?.with_device(device);
+    let mut valid_loader = Loader::eval(valid.clone(), eval_batch)?
+        .shard(rank, world)?
+        .with_device(device);
     let mut plan = plan(
         &cfg,
         &run_dir,
-        train_blocks.map(|n| (n / batch) as u64),
+        train_blocks.map(|n| (n / world / batch) as u64),
         valid_loader.num_batches() as u64,
     )?;
+    plan.progress = main;
     if train_block_size == 2 * cfg.model.length {
         plan.crop = Some((cfg.model.length as i64, tokenizer.bos_id() as i64));
+        if main {
+            eprintln!(
+                "{}: training blocks of {train_block_size} are cropped to random windows of {} (BOS first)",
+                cfg.data.train, cfg.model.length
+            );
+        }
+    }
+    if main {
         eprintln!(
-            "{}: training blocks of {train_block_size} are cropped to random windows of {} (BOS first)",
-            cfg.data.train, cfg.model.length
+            "run dir {} | device {device:?} | {} parameters | vocab {vocab_size} (mask {mask_index}) | {} train / {} valid blocks of {} | batch {batch} x {world} ranks x accumulate {}",
+            run_dir.display(),
+            model.num_params(),
+            train_blocks.map_or("streamed".to_string(), |n| n.to_string()),
+            valid.len(),
+            cfg.model.length,
+            plan.accumulate
         );
+        if let Some(p) = &plan.resume_from {
+            eprintln!("resuming from {}", p.display());
+        }
     }
-    eprintln!(
-        "run dir {} | device {device:?} | {} parameters | vocab {vocab_size} (mask {mask_index}) | {} train / {} valid blocks of {} | batch {batch} x accumulate {}",
-        run_dir.display(),
-        model.num_params(),
-        train_blocks.map_or("streamed".to_string(), |n| n.to_string()),
-        valid.len(),
-        cfg.model.length,
-        plan.accumulate
-    );
-    if let Some(p) = &plan.resume_from {
-        eprintln!("resuming from {}", p.display());
-    }
-    let out = trainer::train(
+    let out = trainer::train_dp(
         &plan,
         &model,
         &ema_model,
@@ -72,7 +151,14 @@ pub fn run(cfg: Config) -> Result<TrainOutcome> {
         train_loader.as_mut(),
         &mut valid_loader,
         None,
+        pg.as_ref(),
     )?;
+    if let Some(pg) = pg {
+        pg.shutdown()?;
+    }
+    if !main {
+        return Ok(out);
+    }
     eprintln!(
         "trained {} steps, {:.0} tokens/s, last loss {:.4}",
         out.steps, out.tokens_per_s, out.last_loss
@@ -103,10 +189,18 @@ struct TrainData {
 }
 
 impl TrainData {
-    fn new(cfg: &Config, batch: usize, device: tch::Device) -> Result<TrainData> {
+    fn new(
+        cfg: &Config,
+        batch: usize,
+        device: tch::Device,
+        rank: usize,
+        world: usize,
+    ) -> Result<TrainData> {
         if !cfg.data.streaming {
             let data = setup::prepare_data(cfg)?;
-            let loader = Loader::train(data.train.clone(), batch, cfg.seed)?.with_device(device);
+            let loader = Loader::train(data.train.clone(), batch, cfg.seed)?
+                .shard(rank, world)?
+                .with_device(device);
             return Ok(TrainData {
                 train_loader: Box::new(loader),
                 train_blocks: Some(data.train.len()),
@@ -117,8 +211,9 @@ impl TrainData {
         }
         let spec = setup::data_spec(cfg);
         let (valid, _, tokenizer) = prepare_one(&spec, &cfg.data.valid, Split::Validation)?;
-        let stream =
-            StreamLoader::train(&spec, &cfg.data.train, batch, cfg.seed)?.with_device(device);
+        let stream = StreamLoader::train(&spec, &cfg.data.train, batch, cfg.seed)?
+            .shard(rank, world)?
+            .with_device(device);
         eprintln!(
             "streaming {}: documents are tokenised while training (no prepared file)",
             cfg.data.train
@@ -214,6 +309,36 @@ pub fn plan(
         metrics_path: run_dir.join("metrics.jsonl"),
         config_yaml: cfg.to_yaml(),
         progress: true,
+        bucket_mb: cfg.trainer.bucket_cap_mb,
         crop: None,
     })
+}
+
+/// Every rank must train the same run: rank 0 publishes what decides where checkpoints go and
+/// where a resume starts, and the others compare (a `${now:}` run directory resolved per process
+/// would otherwise split the run silently).
+fn same_run(pg: &ProcessGroup, cfg: &Config) -> Result<()> {
+    let mine = format!(
+        "hydra.run.dir={}\ncheckpointing.save_dir={:?}\ncheckpointing.resume_ckpt_path={:?}\nseed={}",
+        cfg.hydra.run.dir, cfg.checkpointing.save_dir, cfg.checkpointing.resume_ckpt_path, cfg.seed
+    );
+    let key = "mdlm/run";
+    if pg.is_main() {
+        pg.store()
+            .set(key, mine.as_bytes())
+            .map_err(|e| anyhow::anyhow!("rank 0: publishing the run settings: {e}"))?;
+        return Ok(());
+    }
+    let theirs = pg
+        .store()
+        .get(key)
+        .map_err(|e| anyhow::anyhow!("rank {}: reading rank 0's run settings: {e}", pg.rank()))?;
+    let theirs = String::from_utf8_lossy(&theirs);
+    if let Some((a, b)) = theirs.lines().zip(mine.lines()).find(|(a, b)| a != b) {
+        bail!(
+            "rank {} resolved {b} but rank 0 resolved {a}; give every rank the same hydra.run.dir (or checkpointing.save_dir) explicitly",
+            pg.rank()
+        );
+    }
+    Ok(())
 }

@@ -300,6 +300,21 @@ pub struct Trainer {
     pub limit_train_batches: CountOrFraction,
     pub limit_val_batches: CountOrFraction,
     pub val_check_interval: CountOrFraction,
+    /// Ours: seconds a data-parallel rank waits on a peer (rendezvous, collectives) before
+    /// failing instead of hanging.
+    #[serde(default = "default_dist_timeout_s")]
+    pub dist_timeout_s: f64,
+    /// Ours: gradient bucket size (MB) for the data-parallel all-reduce (DDP's bucket_cap_mb).
+    #[serde(default = "default_bucket_cap_mb")]
+    pub bucket_cap_mb: f64,
+}
+
+fn default_dist_timeout_s() -> f64 {
+    600.0
+}
+
+fn default_bucket_cap_mb() -> f64 {
+    25.0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -594,6 +609,48 @@ impl Config {
         self.trainer
             .accumulate_grad_batches
             .get_or_insert(div_up(loader.global_batch_size, per_step * batch.max(1)));
+    }
+
+    /// The reference's batch arithmetic for `world` data-parallel processes, checked before any
+    /// process group exists: `devices * num_nodes` processes, and
+    /// `global_batch_size = batch_size * devices * num_nodes * accumulate_grad_batches` (the
+    /// evaluation batch likewise without accumulation). Call after [`Config::resolve_devices`].
+    pub fn check_data_parallel(&self, world: usize) -> anyhow::Result<()> {
+        let devices = self.trainer.devices.unwrap_or(1);
+        let nodes = self.trainer.num_nodes.max(1);
+        if devices * nodes != world {
+            anyhow::bail!(
+                "trainer.devices={devices} x trainer.num_nodes={nodes} = {} processes, but the launcher started {world}; set trainer.devices={} (or start {} processes)",
+                devices * nodes,
+                world / nodes,
+                devices * nodes
+            );
+        }
+        let batch = self.loader.batch_size.unwrap_or(0);
+        let accumulate = self.trainer.accumulate_grad_batches.unwrap_or(0);
+        let global = self.loader.global_batch_size;
+        if batch * world * accumulate != global {
+            anyhow::bail!(
+                "loader.global_batch_size={global} must equal loader.batch_size={batch} x trainer.devices={devices} x trainer.num_nodes={nodes} x trainer.accumulate_grad_batches={accumulate} = {}; pick a global batch divisible by {} or leave loader.batch_size and trainer.accumulate_grad_batches unset",
+                batch * world * accumulate,
+                world
+            );
+        }
+        let eval = self.loader.eval_batch_size.unwrap_or(0);
+        let eval_global = self.loader.eval_global_batch_size;
+        if eval * world != eval_global {
+            anyhow::bail!(
+                "loader.eval_global_batch_size={eval_global} must equal loader.eval_batch_size={eval} x {world} processes = {}; pick an eval global batch divisible by {world} or leave loader.eval_batch_size unset",
+                eval * world
+            );
+        }
+        if !(self.trainer.dist_timeout_s > 0.0) {
+            anyhow::bail!(
+                "trainer.dist_timeout_s must be > 0, found {}; set e.g. trainer.dist_timeout_s=600",
+                self.trainer.dist_timeout_s
+            );
+        }
+        Ok(())
     }
 
     /// `hydra.run.dir`, resolved at composition (the reference's per-run output folder).

@@ -23,6 +23,35 @@ impl Draws {
         let u_mask = Tensor::rand([batch, len], (Kind::Float, device));
         Draws { u_t, u_mask }
     }
+
+    /// This rank's rows of the draws one process would make for the whole data-parallel batch:
+    /// `world * batch` rows are drawn and rank `rank` keeps rows `rank, rank + world, ...` (the
+    /// rows its loader shard holds). With antithetic sampling the time uniforms are mapped so
+    /// that [`Diffusion::sample_t`] over the local `batch` rows gives the times the global batch
+    /// would (up to rounding): `(u + rank) / world`.
+    pub fn sample_rows(
+        batch: i64,
+        len: i64,
+        device: Device,
+        rank: i64,
+        world: i64,
+        antithetic: bool,
+    ) -> Draws {
+        if world <= 1 {
+            return Draws::sample(batch, len, device);
+        }
+        let n = world * batch;
+        let u_t = Tensor::rand([n], (Kind::Float, device));
+        let u_mask = Tensor::rand([n, len], (Kind::Float, device));
+        let mut u_t = u_t.slice(0, rank, n, world);
+        if antithetic {
+            u_t = (u_t + rank as f64) / world as f64;
+        }
+        Draws {
+            u_t,
+            u_mask: u_mask.slice(0, rank, n, world),
+        }
+    }
 }
 
 /// Everything one loss evaluation produces; tests compare each part with the reference.

@@ -1,0 +1,31 @@
+#!/bin/bash
+# Slurm job: mdlm-owt. One mdlm process per GPU (srun starts 4 per node); the ranks
+# rendezvous at the first host of the job's node list (see src/dist/launch.rs). trainer.devices
+# follows from the task count (SLURM_NTASKS / trainer.num_nodes). Submit from the
+# checkout after `cargo build --release`: sbatch scripts/train_owt_mdlm.sh
+#SBATCH -J mdlm-owt
+#SBATCH -o %x_%j.out
+#SBATCH -N 1
+#SBATCH --ntasks-per-node=4
+#SBATCH --gres=gpu:4
+#SBATCH --mem=32000
+#SBATCH -t 960:00:00
+#SBATCH --get-user-env
+#SBATCH --open-mode=append
+#SBATCH --requeue
+set -euo pipefail
+# A fixed run directory (one per job name) lets a requeued job resume from its last checkpoint;
+# every rank must see the same one.
+RUN_DIR="${RUN_DIR:-outputs/$SLURM_JOB_NAME}"
+srun ./target/release/mdlm train \
+  trainer.num_nodes="${SLURM_NNODES:-1}" \
+  hydra.run.dir="$RUN_DIR" \
+  loader.batch_size=16 \
+  loader.eval_batch_size=16 \
+  model=small \
+  data=openwebtext-split \
+  wandb.name=mdlm-owt \
+  parameterization=subs \
+  model.length=1024 \
+  eval.compute_generative_perplexity=true \
+  sampling.steps=1000

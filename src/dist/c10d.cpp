@@ -1,0 +1,165 @@
+// The C side of `src/dist`: a handful of extern "C" functions over torch.distributed's own engine
+// (c10d) as shipped inside the libtorch that tch links. Nothing here implements a collective;
+// every call forwards to `c10d::TCPStore` and to a `c10d::Backend` (Gloo from libtorch_cpu,
+// NCCL from libtorch_cuda, see c10d_nccl.cpp).
+//
+// Every entry point returns NULL on success or a malloc'd message (freed by
+// `mdlm_c10d_free_error`): a C++ exception must never unwind into Rust.
+//
+// Gloo's headers are not in the torch wheel; the build takes them from the system (Debian's
+// libgloo-dev, installed by scripts/setup-dist.sh). Only torch's out-of-line functions
+// construct gloo objects (`Options`' constructor, `createDefaultDevice`, the process group's
+// constructor), so the layout of gloo's own structs in those headers is never relied on: the
+// process group holds gloo state behind pointers that only libtorch_cpu dereferences.
+
+#include <ATen/ATen.h>
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef MDLM_GLOO
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#endif
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "c10d_bridge.h"
+
+char* mdlm_c10d_error(const std::string& what) {
+  char* out = static_cast<char*>(std::malloc(what.size() + 1));
+  if (out != nullptr) {
+    std::memcpy(out, what.c_str(), what.size() + 1);
+  }
+  return out;
+}
+
+#define MDLM_GUARD(...)                                       \
+  try {                                                       \
+    __VA_ARGS__;                                              \
+    return nullptr;                                           \
+  } catch (const std::exception& e) {                         \
+    return mdlm_c10d_error(e.what());                         \
+  } catch (...) {                                             \
+    return mdlm_c10d_error("unknown C++ exception in c10d"); \
+  }
+
+extern "C" {
+
+void mdlm_c10d_free_error(char* e) { std::free(e); }
+
+int mdlm_c10d_has_gloo() {
+#ifdef MDLM_GLOO
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+char* mdlm_c10d_store_new(const char* host, int port, int is_server, int world,
+                          int64_t timeout_ms, mdlm_store** out) {
+  MDLM_GUARD({
+    c10d::TCPStoreOptions o;
+    o.port = static_cast<std::uint16_t>(port);
+    o.isServer = is_server != 0;
+    o.numWorkers = static_cast<std::size_t>(world);
+    // The server waits (up to the timeout) until every rank has connected, so a rank that never
+    // starts fails the rendezvous instead of hanging it.
+    o.waitWorkers = true;
+    o.timeout = std::chrono::milliseconds(timeout_ms);
+    auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), o);
+    *out = new mdlm_store{store};
+  })
+}
+
+void mdlm_c10d_store_free(mdlm_store* s) { delete s; }
+
+char* mdlm_c10d_store_set(mdlm_store* s, const char* key, const uint8_t* value, size_t len) {
+  MDLM_GUARD({
+    std::vector<uint8_t> v(value, value + len);
+    s->store->set(std::string(key), v);
+  })
+}
+
+char* mdlm_c10d_store_get(mdlm_store* s, const char* key, uint8_t** value, size_t* len) {
+  MDLM_GUARD({
+    std::vector<uint8_t> v = s->store->get(std::string(key));
+    *len = v.size();
+    *value = static_cast<uint8_t*>(std::malloc(v.size() > 0 ? v.size() : 1));
+    if (*value == nullptr) {
+      throw std::bad_alloc();
+    }
+    std::memcpy(*value, v.data(), v.size());
+  })
+}
+
+void mdlm_c10d_free_bytes(uint8_t* b) { std::free(b); }
+
+char* mdlm_c10d_store_add(mdlm_store* s, const char* key, int64_t delta, int64_t* out) {
+  MDLM_GUARD({ *out = s->store->add(std::string(key), delta); })
+}
+
+char* mdlm_c10d_pg_new_gloo(mdlm_store* s, int rank, int world, int64_t timeout_ms,
+                            mdlm_pg** out) {
+#ifdef MDLM_GLOO
+  MDLM_GUARD({
+    auto opts = c10::make_intrusive<c10d::ProcessGroupGloo::Options>(
+        std::chrono::milliseconds(timeout_ms));
+    // torch.distributed reads GLOO_SOCKET_IFNAME in Python; this bridge is the only caller here.
+    const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
+    if (ifname != nullptr && *ifname != '\0') {
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+    } else {
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    }
+    auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(s->store, rank, world, opts);
+    *out = new mdlm_pg{pg, world, false};
+  })
+#else
+  (void)s;
+  (void)rank;
+  (void)world;
+  (void)timeout_ms;
+  (void)out;
+  return mdlm_c10d_error(
+      "this build has no Gloo: gloo's headers were not found when mdlm was compiled "
+      "(install them with scripts/setup-dist.sh, i.e. apt-get install libgloo-dev, then rebuild)");
+#endif
+}
+
+char* mdlm_c10d_allreduce(mdlm_pg* pg, at::Tensor* t, int avg) {
+  MDLM_GUARD({
+    std::vector<at::Tensor> v{*t};
+    c10d::AllreduceOptions o;
+    // Gloo has no AVG: sum, then divide (what DDP does on Gloo too).
+    o.reduceOp = (avg != 0 && pg->native_avg) ? c10d::ReduceOp(c10d::ReduceOp::AVG)
+                                              : c10d::ReduceOp(c10d::ReduceOp::SUM);
+    auto work = pg->backend->allreduce(v, o);
+    work->wait();
+    if (avg != 0 && !pg->native_avg) {
+      t->div_(pg->world);
+    }
+  })
+}
+
+char* mdlm_c10d_broadcast(mdlm_pg* pg, at::Tensor* t, int root) {
+  MDLM_GUARD({
+    std::vector<at::Tensor> v{*t};
+    c10d::BroadcastOptions o;
+    o.rootRank = root;
+    auto work = pg->backend->broadcast(v, o);
+    work->wait();
+  })
+}
+
+char* mdlm_c10d_barrier(mdlm_pg* pg) {
+  MDLM_GUARD({
+    auto work = pg->backend->barrier(c10d::BarrierOptions());
+    work->wait();
+  })
+}
+
+char* mdlm_c10d_pg_shutdown(mdlm_pg* pg) { MDLM_GUARD({ pg->backend->shutdown(); }) }
+
+void mdlm_c10d_pg_free(mdlm_pg* pg) { delete pg; }
+
+}  // extern "C"

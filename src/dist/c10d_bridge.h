@@ -1,0 +1,20 @@
+// Shared by c10d.cpp and c10d_nccl.cpp: the opaque handles the Rust side holds.
+#pragma once
+#include <ATen/ATen.h>
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/distributed/c10d/Store.hpp>
+
+#include <string>
+
+struct mdlm_store {
+  c10::intrusive_ptr<c10d::Store> store;
+};
+
+struct mdlm_pg {
+  c10::intrusive_ptr<c10d::Backend> backend;
+  int world;
+  // NCCL reduces with AVG itself; Gloo has only SUM.
+  bool native_avg;
+};
+
+char* mdlm_c10d_error(const std::string& what);

@@ -1,0 +1,281 @@
+//! Data parallelism on torch.distributed's Gloo backend, over loopback: two ranks with half the
+//! batch each train to the parameters and validation NLL of one process with the whole batch; a
+//! killed rank makes its peer fail within the timeout, naming it, and both resume from the last
+//! checkpoint; batch-arithmetic errors come before any process group.
+
+mod support;
+
+use mdlm::checkpoint;
+use mdlm::dist::launch::free_port;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+fn overrides(run: &Path, extra: &[&str]) -> Vec<String> {
+    let mut o = args(&["train"], tiny_overrides(run));
+    o.extend(extra.iter().map(|s| s.to_string()));
+    o
+}
+
+/// `mdlm` as rank `rank` of `world`, launched torchrun-style; stderr goes to `log`.
+fn rank(cache: &Path, a: &[String], rank: usize, world: usize, port: u16, log: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_mdlm"))
+        .args(a)
+        .env("MDLM_CACHE", cache)
+        .env("OMP_NUM_THREADS", "1")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("RANK", rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("starting mdlm")
+}
+
+/// Waits for `c` at most `limit`; kills it and fails the test past that.
+fn wait_for(c: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            return s;
+        }
+        if t.elapsed() > limit {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("{what} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn val_nlls(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r.get("val/nll").is_some())
+        .map(|r| (r["step"].as_u64().unwrap(), r["val/nll"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn two_ranks_with_half_the_batch_equal_one_process_with_all_of_it() {
+    let tmp = TempDir::new("dist-eq");
+    shakespeare_cache(tmp.path());
+    // Accumulation on (2 micro-batches per step) so averaging once per optimizer step is what
+    // is compared; the global batch is 8 either way. optim.eps=1: Adam divides each gradient
+    // entry by its own magnitude, so entries that are zero up to rounding (the zero-initialised
+    // adaLN layers' first gradients are sums with heavy cancellation) would step by +-lr on a
+    // rounding coin flip and the comparison would measure that coin, not data parallelism. With
+    // eps=1 the step is proportional to the gradient, so rounding stays rounding.
+    let common = [
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=6",
+        "optim.lr=1e-1",
+        "optim.eps=1",
+        "lr_scheduler.num_warmup_steps=0",
+        "trainer.dist_timeout_s=60",
+    ];
+    let one = tmp.path().join("one");
+    let mut a = overrides(&one, &common);
+    a.push("loader.batch_size=4".into());
+    let o = mdlm(tmp.path(), &a);
+    assert!(o.status.success(), "one process:\n{}", stderr(&o));
+
+    let two = tmp.path().join("two");
+    let mut a = overrides(&two, &common);
+    a.extend(["trainer.devices=2".into(), "loader.batch_size=2".into()]);
+    let t = Instant::now();
+    let o = mdlm(tmp.path(), &a);
+    assert!(o.status.success(), "two ranks:\n{}", stderr(&o));
+    assert!(stderr(&o).contains("starting 2 ranks"), "{}", stderr(&o));
+    assert!(t.elapsed() < Duration::from_secs(120));
+
+    let ca = checkpoint::load(&one.join("checkpoints/last.safetensors")).unwrap();
+    let cb = checkpoint::load(&two.join("checkpoints/last.safetensors")).unwrap();
+    assert_eq!(ca.state["global_step"], 6);
+    assert_eq!(ca.state["global_step"], cb.state["global_step"]);
+    let (mut max_diff, mut max_moved, mut compared) = (0f64, 0f64, 0);
+    for (k, ta) in &ca.tensors {
+        if k.starts_with("optim.") {
+            continue;
+        }
+        let tb = &cb.tensors[k];
+        assert_eq!(ta.size(), tb.size(), "{k}");
+        let d = (ta - tb).abs().max().double_value(&[]);
+        max_diff = max_diff.max(d);
+        compared += 1;
+        // Training moved the weights: the EMA (decay 0.9999) still sits near the start.
+        if let Some(e) = ca.tensors.get(&format!("ema.{k}")) {
+            max_moved = max_moved.max((ta - e).abs().max().double_value(&[]));
+        }
+    }
+    eprintln!("max |param difference| over {compared} tensors (incl. EMA): {max_diff:.3e}");
+    assert!(compared > 10);
+    // The weights moved far more than they differ: the comparison is not between two untouched
+    // initialisations.
+    assert!(
+        max_moved > 1e-2,
+        "training moved weights by only {max_moved}"
+    );
+    assert!(
+        max_diff < 1e-3 && max_diff < max_moved / 100.0,
+        "parameters differ by {max_diff} (moved {max_moved})"
+    );
+    // Per step, the averaged loss and the norm of the averaged gradient agree: a reduction that
+    // summed instead of averaging would double the norm.
+    let steps = |run: &Path| -> Vec<(f64, f64)> {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r.get("train/loss").is_some())
+            .map(|r| {
+                (
+                    r["train/loss"].as_f64().unwrap(),
+                    r["grad_norm"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (sa, sb) = (steps(&one), steps(&two));
+    assert_eq!(sa.len(), 6);
+    for (a, b) in sa.iter().zip(&sb) {
+        assert!((a.0 - b.0).abs() < 1e-4 * a.0, "losses {sa:?} vs {sb:?}");
+        assert!(
+            (a.1 - b.1).abs() < 1e-3 * a.1,
+            "gradient norms {sa:?} vs {sb:?}"
+        );
+    }
+
+    // val_check_interval counts micro-batches: validation after steps 3 and 6.
+    let (va, vb) = (val_nlls(&one), val_nlls(&two));
+    assert_eq!(va.len(), 2);
+    assert_eq!(va.len(), vb.len());
+    for (a, b) in va.iter().zip(&vb) {
+        assert_eq!(a.0, b.0);
+        let rel = (a.1 - b.1).abs() / a.1;
+        eprintln!(
+            "step {}: validation NLL one {} two {} (rel {rel:.2e})",
+            a.0, a.1, b.1
+        );
+        assert!(rel < 1e-5, "validation NLL {va:?} vs {vb:?}");
+    }
+}
+
+#[test]
+fn a_killed_rank_fails_its_peer_in_time_and_both_resume() {
+    let tmp = TempDir::new("dist-kill");
+    shakespeare_cache(tmp.path());
+    let run = tmp.path().join("run");
+    let timeout_s = 10;
+    let base = |max_steps: u64| {
+        overrides(
+            &run,
+            &[
+                &format!("trainer.max_steps={max_steps}"),
+                "trainer.val_check_interval=100000",
+                "callbacks.checkpoint_every_n_steps.every_n_train_steps=3",
+                "loader.batch_size=4",
+                &format!("trainer.dist_timeout_s={timeout_s}"),
+            ],
+        )
+    };
+    let a = base(1_000_000);
+    let port = free_port().unwrap();
+    let logs = [tmp.path().join("r0.log"), tmp.path().join("r1.log")];
+    let mut r0 = rank(tmp.path(), &a, 0, 2, port, &logs[0]);
+    let mut r1 = rank(tmp.path(), &a, 1, 2, port, &logs[1]);
+    let last = run.join("checkpoints/last.safetensors");
+    let t = Instant::now();
+    while !last.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "no checkpoint after 120 s:\n{}",
+            std::fs::read_to_string(&logs[0]).unwrap_or_default()
+        );
+        assert!(r0.try_wait().unwrap().is_none(), "rank 0 ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    r1.kill().unwrap();
+    r1.wait().unwrap();
+    let killed = Instant::now();
+    let status = wait_for(
+        &mut r0,
+        Duration::from_secs(timeout_s + 30),
+        "rank 0 after its peer was killed",
+    );
+    let log0 = std::fs::read_to_string(&logs[0]).unwrap();
+    assert!(
+        !status.success(),
+        "rank 0 succeeded without its peer:\n{log0}"
+    );
+    assert!(killed.elapsed() < Duration::from_secs(timeout_s + 15));
+    let err = log0
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or("");
+    assert!(
+        err.contains("lost rank 1"),
+        "error does not name rank 1: {err}\n{log0}"
+    );
+
+    let step = checkpoint::load(&last).unwrap().state["global_step"]
+        .as_u64()
+        .unwrap();
+    assert!(step >= 3 && step % 3 == 0, "checkpoint at step {step}");
+    let a = base(step + 3);
+    let port = free_port().unwrap();
+    let mut r0 = rank(tmp.path(), &a, 0, 2, port, &logs[0]);
+    let mut r1 = rank(tmp.path(), &a, 1, 2, port, &logs[1]);
+    for (i, r) in [&mut r0, &mut r1].into_iter().enumerate() {
+        let s = wait_for(r, Duration::from_secs(120), "resumed rank");
+        assert!(
+            s.success(),
+            "resumed rank {i} failed:\n{}",
+            std::fs::read_to_string(&logs[i]).unwrap()
+        );
+    }
+    let log0 = std::fs::read_to_string(&logs[0]).unwrap();
+    assert!(log0.contains("resuming from"), "{log0}");
+    let end = checkpoint::load(&last).unwrap();
+    assert_eq!(end.state["global_step"].as_u64(), Some(step + 3));
+}
+
+#[test]
+fn batch_arithmetic_errors_come_before_any_process_group() {
+    let tmp = TempDir::new("dist-arith");
+    shakespeare_cache(tmp.path());
+    let run = tmp.path().join("run");
+    // The local launcher: 3 x 2 ranks x accumulate 2 = 12, not 8; no rank is started.
+    let o = mdlm(
+        tmp.path(),
+        &overrides(&run, &["trainer.devices=2", "loader.batch_size=3"]),
+    );
+    let e = error_line(&o);
+    assert!(e.contains("loader.global_batch_size=8"), "{e}");
+    assert!(e.contains("loader.batch_size=3"), "{e}");
+    assert!(!stderr(&o).contains("starting 2 ranks"));
+
+    // A launched rank whose world disagrees with trainer.devices fails at once instead of waiting
+    // (up to the 60 s timeout) for peers at the rendezvous.
+    let port = free_port().unwrap();
+    let log = tmp.path().join("r.log");
+    let a = overrides(&run, &["trainer.devices=4", "trainer.dist_timeout_s=60"]);
+    let mut c = rank(tmp.path(), &a, 1, 2, port, &log);
+    let s = wait_for(
+        &mut c,
+        Duration::from_secs(20),
+        "a rank with a wrong world size",
+    );
+    assert!(!s.success());
+    let l = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        l.contains("trainer.devices=4") && l.contains("started 2"),
+        "{l}"
+    );
+}
