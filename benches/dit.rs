@@ -143,6 +143,7 @@ fn main() {
             top_p: 1.0,
             confidence: mdlm::sample::ConfidenceRule::Schedule,
             held: None,
+            cache_rows: false,
         };
         let mut u = TorchUniforms { kind: Kind::Double };
         sync(device);

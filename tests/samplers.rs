@@ -383,6 +383,36 @@ fn ddpm_cache_makes_ddpm_draws_with_fewer_calls() {
     }
 }
 
+/// Per-row caching (`cache_rows`) follows the batch-wide cache's path draw for draw (the oracle
+/// treats rows independently, as the network does) while evaluating far fewer rows.
+#[test]
+fn ddpm_cache_per_row_follows_the_batch_cache_with_fewer_rows() {
+    let p = joint();
+    let diff = diffusion(Parameterization::Subs);
+    let mut spec = SampleSpec::plain(Predictor::DdpmCache, 200, 64, L as i64);
+    spec.draws = DrawMode::Sparse;
+    let mut rec = SeededUniforms::recording(21);
+    let batch_wide = Oracle::new(&p);
+    let a = run(&batch_wide, &diff, &spec, &mut rec);
+    let recorded = rec.record.unwrap();
+    spec.cache_rows = true;
+    let per_row = Oracle::new(&p);
+    let mut u = ReplayUniforms::new(recorded.iter().map(|t| t.copy()).collect());
+    let b = run(&per_row, &diff, &spec, &mut u);
+    assert_eq!(u.remaining(), 0);
+    for (x, y) in a.trajectory.iter().zip(&b.trajectory) {
+        assert!(x.equal(y), "per-row caching left the batch cache's path");
+    }
+    assert!(a.tokens.equal(&b.tokens));
+    let rows = |o: &Oracle| -> i64 { o.sigmas.borrow().iter().map(|s| s.size()[0]).sum() };
+    let (rows_a, rows_b) = (rows(&batch_wide), rows(&per_row));
+    println!("rows evaluated: batch-wide cache {rows_a}, per-row cache {rows_b}");
+    // Each row changes at most 3 times (3 positions), so it is evaluated at most 1 + 3 times,
+    // plus the noise-removal pass over the batch.
+    assert!(rows_b <= 64 * 4 + 64, "{rows_b}");
+    assert!(rows_b * 4 < rows_a, "{rows_b} vs {rows_a}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Confidence decoding
 

@@ -139,6 +139,9 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
                         tokens: h.tokens.shallow_clone(),
                         held: h.held.shallow_clone(),
                     }),
+                    // `float64_gumbel=false` replays the reference exactly, batch-wide cache
+                    // included.
+                    cache_rows: s.cache_rows && s.float64_gumbel,
                 };
                 bar.set_length(n_batches as u64 * sample::observed_steps(&spec));
                 for _ in 0..n_batches {

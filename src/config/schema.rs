@@ -133,6 +133,14 @@ pub struct Sampling {
     /// Ours: text held at the end of every sample (with `prefix`: infilling).
     #[serde(default)]
     pub suffix: Option<String>,
+    /// Ours, `predictor=ddpm_cache`: recompute the denoiser only for the rows that changed (the
+    /// reference recomputes the whole batch when any row changed). Off when `float64_gumbel` is.
+    #[serde(default = "yes")]
+    pub cache_rows: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn one() -> f64 {

@@ -224,6 +224,7 @@ pub fn sampling_run(case: &Case) -> Result<()> {
         top_p: 1.0,
         confidence: mdlm::sample::ConfidenceRule::Schedule,
         held: None,
+        cache_rows: false,
     };
     let den = ModelDenoiser::new(&m.dit, &m.diffusion);
     let out = sample::sample(&den, &m.diffusion, &spec, Device::Cpu, &mut u, true)?;

@@ -104,6 +104,7 @@ pub fn sampling_run(case: &Case) -> Result<()> {
         top_p: 1.0,
         confidence: mdlm::sample::ConfidenceRule::Schedule,
         held: None,
+        cache_rows: false,
     };
     case.check(
         "timesteps",
