@@ -100,10 +100,10 @@ impl Cli {
 
     fn config_with(&self, user: &[String]) -> Result<Config> {
         let mode = self.mode();
-        if let Some(m) = user.iter().find_map(|o| o.strip_prefix("mode=")) {
-            if m != mode {
-                anyhow::bail!("mode={m} conflicts with the subcommand, which sets mode={mode}");
-            }
+        if let Some(m) = user.iter().find_map(|o| o.strip_prefix("mode="))
+            && m != mode
+        {
+            anyhow::bail!("mode={m} conflicts with the subcommand, which sets mode={mode}");
         }
         let mut all = vec![format!("mode={mode}")];
         all.extend(user.iter().cloned());

@@ -148,10 +148,10 @@ pub fn read_bytes(bytes: &[u8]) -> Result<LightningCheckpoint> {
         .ok_or_else(|| anyhow!("the archive has no data.pkl: not a torch.save checkpoint"))?
         .to_string();
     let prefix = pkl_name.strip_suffix("data.pkl").unwrap_or("").to_string();
-    if let Some(order) = zip.get(&format!("{prefix}byteorder")) {
-        if order? != b"little" {
-            bail!("the checkpoint's storages are not little-endian");
-        }
+    if let Some(order) = zip.get(&format!("{prefix}byteorder"))
+        && order? != b"little"
+    {
+        bail!("the checkpoint's storages are not little-endian");
     }
     let pickle = zip.get(&pkl_name).expect("listed")?;
     let mut vm = Vm {
@@ -532,7 +532,7 @@ impl Vm<'_, '_> {
                 }
                 bail!("SETITEMS on a {}", target.type_name());
             };
-            if kv.len() % 2 != 0 {
+            if !kv.len().is_multiple_of(2) {
                 bail!("SETITEMS with an odd number of items");
             }
             let mut d = d.borrow_mut();

@@ -245,7 +245,7 @@ impl BlockWriter {
     /// Appends whole blocks (`ids.len()` a multiple of the block size); `lengths` exactly when
     /// the writer was made for the padded layout, one per block.
     pub fn push(&mut self, ids: &[u32], lengths: Option<&[u32]>) -> Result<()> {
-        if ids.len() % self.block_size != 0 {
+        if !ids.len().is_multiple_of(self.block_size) {
             bail!(
                 "{} ids do not form blocks of {}",
                 ids.len(),

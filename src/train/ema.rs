@@ -188,7 +188,7 @@ mod tests {
         let err = fresh.load_state(&extra).unwrap_err().to_string();
         assert!(err.contains("unexpected key ema.b.w"), "{err}");
 
-        let missing = vec![saved[1].0.clone()];
+        let missing = [saved[1].0.clone()];
         let only_count: Vec<(String, Tensor)> = saved
             .iter()
             .filter(|(k, _)| missing.contains(k))

@@ -274,7 +274,7 @@ pub fn train_dp(
         let tps = tokens_done / started.elapsed().as_secs_f64().max(1e-9);
         bar.set_position(step);
         bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {:.0} tok/s", tps));
-        if main && plan.log_every > 0 && step % plan.log_every == 0 {
+        if main && plan.log_every > 0 && step.is_multiple_of(plan.log_every) {
             tracing::info!(step, loss, lr, grad_norm, tokens_per_s = tps, "train");
             writeln!(
                 metrics,
@@ -324,7 +324,7 @@ pub fn train_dp(
             last_val = Some(m);
         }
 
-        let periodic = plan.ckpt_every > 0 && step % plan.ckpt_every == 0;
+        let periodic = plan.ckpt_every > 0 && step.is_multiple_of(plan.ckpt_every);
         if periodic || step == end {
             let path = plan.ckpt_dir.join("last.safetensors");
             if main {
