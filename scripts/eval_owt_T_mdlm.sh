@@ -16,9 +16,7 @@ set -euo pipefail
 : "${CKPT:?set CKPT=/path/to/checkpoint}"
 for T in 0 1000; do
   echo "T=$T"
-  srun ./target/release/mdlm ppl-eval \
-    loader.batch_size=16 \
-    loader.eval_batch_size=16 \
+  scripts/slurm-run.sh ppl-eval \
     data=openwebtext-split \
     model=small \
     parameterization=subs \

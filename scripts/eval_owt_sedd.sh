@@ -14,9 +14,7 @@
 #SBATCH --requeue
 set -euo pipefail
 : "${CKPT:?set CKPT=/path/to/checkpoint}"
-srun ./target/release/mdlm ppl-eval \
-  loader.batch_size=16 \
-  loader.eval_batch_size=16 \
+scripts/slurm-run.sh ppl-eval \
   data=openwebtext-split \
   model=small \
   parameterization=sedd \

@@ -14,14 +14,7 @@
 #SBATCH --open-mode=append
 #SBATCH --requeue
 set -euo pipefail
-# A fixed run directory (one per job name) lets a requeued job resume from its last checkpoint;
-# every rank must see the same one.
-RUN_DIR="${RUN_DIR:-outputs/$SLURM_JOB_NAME}"
-srun ./target/release/mdlm train \
-  trainer.num_nodes="${SLURM_NNODES:-1}" \
-  hydra.run.dir="$RUN_DIR" \
-  loader.batch_size=16 \
-  loader.eval_batch_size=16 \
+exec scripts/slurm-run.sh train \
   model=small-ar \
   backbone=ar \
   data=lm1b \
