@@ -100,20 +100,10 @@ impl Model {
             d
         };
         match &self.net {
-            Net::Dit(dit) => {
+            Net::Dit(_) | Net::DiMamba(_) => {
                 let (b, l) = x0.size2()?;
                 let draws = draws(b, l, x0.device());
-                let p = diffusion.loss(dit, x0, mask, &draws, train)?;
-                Ok(BatchLoss {
-                    loss: p.loss,
-                    nlls: p.nlls,
-                    token_mask: p.token_mask,
-                })
-            }
-            Net::DiMamba(m) => {
-                let (b, l) = x0.size2()?;
-                let draws = draws(b, l, x0.device());
-                let p = diffusion.loss(m, x0, mask, &draws, train)?;
+                let p = diffusion.loss(self.backbone(), x0, mask, &draws, train)?;
                 Ok(BatchLoss {
                     loss: p.loss,
                     nlls: p.nlls,

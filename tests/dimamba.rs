@@ -7,22 +7,6 @@ use support::*;
 
 const DIMAMBA: [&str; 2] = ["backbone=dimamba", "model=tiny-dimamba"];
 
-/// `cmd` with the DiMamba selection, the tiny overrides (which shrink `tiny-dimamba` to 2 blocks
-/// of width 32), the objective and `extra`, writing into `<root>/<dir>`.
-fn cli(
-    root: &std::path::Path,
-    cmd: &str,
-    dir: &str,
-    objective: &[&str],
-    extra: &[String],
-) -> Vec<String> {
-    let mut a = vec![cmd.to_string()];
-    a.extend(DIMAMBA.iter().chain(objective).map(|s| s.to_string()));
-    a.extend(tiny_overrides(&root.join(dir)));
-    a.extend(extra.iter().cloned());
-    a
-}
-
 fn train_losses(metrics: &std::path::Path) -> Vec<f64> {
     std::fs::read_to_string(metrics)
         .unwrap()
@@ -32,95 +16,18 @@ fn train_losses(metrics: &std::path::Path) -> Vec<f64> {
         .collect()
 }
 
-/// Trains for `steps`, then ppl-eval and sample-eval on the last checkpoint; returns the
-/// training losses.
+/// Trains for `steps` (the tiny overrides shrink `tiny-dimamba` to 2 blocks of width 32), then
+/// ppl-eval and sample-eval on the last checkpoint; returns the training losses.
 fn run(tag: &str, objective: &[&str], steps: u64, sampling: &[&str]) -> Vec<f64> {
-    let tmp = TempDir::new(tag);
-    let root = tmp.path();
-    shakespeare_cache(root);
-    let out = mdlm(
-        root,
-        &cli(
-            root,
-            "train",
-            "run",
-            objective,
-            &[
-                format!("trainer.max_steps={steps}"),
-                format!("trainer.val_check_interval={steps}"),
-            ],
-        ),
-    );
-    assert!(
-        out.status.success(),
-        "{tag}: train failed:\n{}",
-        stderr(&out)
-    );
-    let ckpt = root.join("run/checkpoints/last.safetensors");
-    assert!(ckpt.exists(), "{tag}: no checkpoint");
-    let losses = train_losses(&root.join("run/metrics.jsonl"));
+    let selection: Vec<&str> = DIMAMBA.iter().chain(objective).copied().collect();
+    let tmp = train_eval_sample(tag, &selection, steps, sampling);
+    let losses = train_losses(&tmp.path().join("run/metrics.jsonl"));
     assert_eq!(
         losses.len() as u64,
         steps,
         "{tag}: one logged loss per step"
     );
     assert!(losses.iter().all(|l| l.is_finite()), "{tag}: {losses:?}");
-    let ck = format!("eval.checkpoint_path={}", ckpt.display());
-
-    let out = mdlm(
-        root,
-        &cli(
-            root,
-            "ppl-eval",
-            "eval",
-            objective,
-            std::slice::from_ref(&ck),
-        ),
-    );
-    assert!(
-        out.status.success(),
-        "{tag}: ppl-eval failed:\n{}",
-        stderr(&out)
-    );
-    let m: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(root.join("eval/metrics.jsonl"))
-            .unwrap()
-            .trim(),
-    )
-    .unwrap();
-    let ppl = m["val/ppl"].as_f64().unwrap();
-    assert!(ppl.is_finite() && ppl > 1.0, "{tag}: ppl {ppl}");
-
-    let mut extra = vec![
-        ck,
-        "sampling.num_sample_batches=1".to_string(),
-        "loader.eval_global_batch_size=2".to_string(),
-    ];
-    extra.extend(sampling.iter().map(|s| s.to_string()));
-    let out = mdlm(
-        root,
-        &cli(root, "sample-eval", "samples", objective, &extra),
-    );
-    assert!(
-        out.status.success(),
-        "{tag}: sample-eval failed:\n{}",
-        stderr(&out)
-    );
-    let rows: Vec<serde_json::Value> = std::fs::read_to_string(root.join("samples/samples.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(rows.len(), 2, "{tag}");
-    for r in &rows {
-        let toks = r["tokens"].as_array().unwrap();
-        assert!(toks.len() >= 32, "{tag}: {} tokens", toks.len());
-        // The mask token (id 4 in the character vocabulary) never survives sampling.
-        assert!(
-            toks.iter().all(|t| t.as_i64().unwrap() != 4),
-            "{tag}: mask token in a sample"
-        );
-    }
     losses
 }
 

@@ -112,8 +112,24 @@ fn ranks_split_each_epoch_and_resumption_replays_exactly() {
         draw(&mut r0, want.len().div_ceil(2)),
         draw(&mut r1, want.len() / 2),
     );
-    assert_eq!(a.len(), want.len().div_ceil(2));
-    assert_eq!(b.len(), want.len() / 2);
+    // Each rank's epoch holds exactly its share: the next draw opens the second epoch.
+    for (r, n) in [(&mut r0, want.len().div_ceil(2)), (&mut r1, want.len() / 2)] {
+        assert_eq!(
+            r.state(),
+            LoaderState {
+                epoch: 0,
+                cursor: n
+            }
+        );
+        draw(r, 1);
+        assert_eq!(
+            r.state(),
+            LoaderState {
+                epoch: 1,
+                cursor: 1
+            }
+        );
+    }
     let both: Vec<_> = a.iter().chain(&b).cloned().collect();
     assert_eq!(counts(&both), counts(&want));
 

@@ -11,7 +11,7 @@
 //! Unlike the reference's `AR.forward`, this returns raw logits; the mask-column overwrite and
 //! `log_softmax` live in `diffusion::ar`, next to the other parameterizations.
 
-use super::layers::{LayerNorm, Linear, apply_rotary, rotary_inv_freq, rotary_tables};
+use super::layers::{LayerNorm, Linear, Sublayers, rotary_inv_freq, rotary_tables};
 use super::{Backbone, DitConfig, Precision};
 use tch::{Device, Kind, Tensor, nn};
 
@@ -121,60 +121,26 @@ impl ArCache {
 }
 
 struct Block {
-    norm1: LayerNorm,
-    attn_qkv: Linear,
-    attn_out: Linear,
-    norm2: LayerNorm,
-    mlp0: Linear,
-    mlp2: Linear,
-    n_heads: i64,
-    dropout: f64,
+    sub: Sublayers,
 }
 
 impl Block {
     fn new(p: nn::Path, cfg: &ArConfig) -> Block {
-        let h = cfg.hidden_size;
-        let mlp = &p / "mlp";
         Block {
-            norm1: LayerNorm::new(&p / "norm1", h),
-            attn_qkv: Linear::new(&p / "attn_qkv", h, 3 * h, false),
-            attn_out: Linear::new(&p / "attn_out", h, h, false),
-            norm2: LayerNorm::new(&p / "norm2", h),
-            mlp0: Linear::new(&mlp / "0", h, cfg.mlp_ratio * h, true),
-            mlp2: Linear::new(&mlp / "2", cfg.mlp_ratio * h, h, true),
-            n_heads: cfg.n_heads,
-            dropout: cfg.dropout,
+            sub: Sublayers::new(&p, cfg.hidden_size, cfg.mlp_ratio, cfg.n_heads, cfg.dropout),
         }
     }
 
     /// `x [B, n, H]` → rotary'd q, k and plain v, each `[B, nh, n, dh]`, in `kind`.
     fn qkv(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, kind: Kind) -> (Tensor, Tensor, Tensor) {
-        let (b, n, h) = x.size3().expect("[B, n, H]");
-        let dh = h / self.n_heads;
-        let a = self.norm1.forward(x);
-        let qkv = self
-            .attn_qkv
-            .forward(&a, kind)
-            .view([b, n, 3, self.n_heads, dh]); // [B, n, 3, nh, dh]
-        let q = apply_rotary(&qkv.select(2, 0), cos, sin).transpose(1, 2); // [B, nh, n, dh]
-        let k = apply_rotary(&qkv.select(2, 1), cos, sin).transpose(1, 2);
-        let v = qkv.select(2, 2).transpose(1, 2);
-        (q, k, v)
+        self.sub.qkv(&self.sub.norm1.forward(x), cos, sin, kind)
     }
 
     /// Output projection and MLP, both residual; `attn [B, nh, n, dh]`, `x [B, n, H]` float32.
     fn finish(&self, x: &Tensor, attn: &Tensor, kind: Kind, train: bool) -> Tensor {
-        let (b, n, h) = x.size3().expect("[B, n, H]");
-        let attn = attn.transpose(1, 2).reshape([b, n, h]); // heads back to H, head-major
-        let out = self
-            .attn_out
-            .forward(&attn, kind)
-            .dropout(self.dropout, train);
-        let x = x + out;
-        let a = self.norm2.forward(&x);
-        let hdn = self.mlp0.forward(&a, kind).gelu("tanh");
-        let out = self.mlp2.forward(&hdn, kind).dropout(self.dropout, train);
-        x + out
+        let x = x + self.sub.attn_out(attn, kind, train);
+        let a = self.sub.norm2.forward(&x);
+        &x + self.sub.mlp(&a, kind, train)
     }
 
     /// Whole sequences, causal attention.

@@ -3,7 +3,7 @@
 //! parameter paths equal its state-dict names under the caller's prefix (`backbone`).
 
 use super::layers::{
-    LayerNorm, Linear, TimestepEmbedder, apply_rotary, modulate, rotary_inv_freq, rotary_tables,
+    LayerNorm, Linear, Sublayers, TimestepEmbedder, modulate, rotary_inv_freq, rotary_tables,
 };
 use super::{Backbone, Precision};
 use tch::{Kind, Tensor, nn};
@@ -29,31 +29,16 @@ impl DitConfig {
 }
 
 struct Block {
-    norm1: LayerNorm,
-    attn_qkv: Linear,
-    attn_out: Linear,
-    norm2: LayerNorm,
-    mlp0: Linear,
-    mlp2: Linear,
+    sub: Sublayers,
     ada_ln: Linear,
-    n_heads: i64,
-    dropout: f64,
 }
 
 impl Block {
     fn new(p: nn::Path, cfg: &DitConfig) -> Block {
         let h = cfg.hidden_size;
-        let mlp = &p / "mlp";
         Block {
-            norm1: LayerNorm::new(&p / "norm1", h),
-            attn_qkv: Linear::new(&p / "attn_qkv", h, 3 * h, false),
-            attn_out: Linear::new(&p / "attn_out", h, h, false),
-            norm2: LayerNorm::new(&p / "norm2", h),
-            mlp0: Linear::new(&mlp / "0", h, cfg.mlp_ratio * h, true),
-            mlp2: Linear::new(&mlp / "2", cfg.mlp_ratio * h, h, true),
+            sub: Sublayers::new(&p, h, cfg.mlp_ratio, cfg.n_heads, cfg.dropout),
             ada_ln: Linear::zeros(&p / "adaLN_modulation", cfg.cond_dim, 6 * h),
-            n_heads: cfg.n_heads,
-            dropout: cfg.dropout,
         }
     }
 
@@ -67,20 +52,12 @@ impl Block {
         kind: Kind,
         train: bool,
     ) -> Tensor {
-        let (b, l, h) = x.size3().expect("[B, L, H]");
-        let dh = h / self.n_heads;
         let m = self.ada_ln.forward(c, kind).unsqueeze(1).chunk(6, 2); // 6 x [B, 1, H]
         let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
         let (shift_mlp, scale_mlp, gate_mlp) = (&m[3], &m[4], &m[5]);
 
-        let a = modulate(&self.norm1.forward(x), shift_msa, scale_msa);
-        let qkv = self
-            .attn_qkv
-            .forward(&a, kind)
-            .view([b, l, 3, self.n_heads, dh]);
-        let q = apply_rotary(&qkv.select(2, 0), cos, sin).transpose(1, 2); // [B, nh, L, dh]
-        let k = apply_rotary(&qkv.select(2, 1), cos, sin).transpose(1, 2);
-        let v = qkv.select(2, 2).transpose(1, 2);
+        let a = modulate(&self.sub.norm1.forward(x), shift_msa, scale_msa);
+        let (q, k, v) = self.sub.qkv(&a, cos, sin, kind);
         let attn = Tensor::scaled_dot_product_attention(
             &q,
             &k,
@@ -91,17 +68,10 @@ impl Block {
             None,
             false,
         );
-        let attn = attn.transpose(1, 2).reshape([b, l, h]); // heads back to H, head-major
-        let out = self
-            .attn_out
-            .forward(&attn, kind)
-            .dropout(self.dropout, train);
-        let x = x + gate_msa * out;
+        let x = x + gate_msa * self.sub.attn_out(&attn, kind, train);
 
-        let a = modulate(&self.norm2.forward(&x), shift_mlp, scale_mlp);
-        let hdn = self.mlp0.forward(&a, kind).gelu("tanh");
-        let out = self.mlp2.forward(&hdn, kind).dropout(self.dropout, train);
-        &x + gate_mlp * out
+        let a = modulate(&self.sub.norm2.forward(&x), shift_mlp, scale_mlp);
+        &x + gate_mlp * self.sub.mlp(&a, kind, train)
     }
 }
 

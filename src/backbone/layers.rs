@@ -64,6 +64,71 @@ impl LayerNorm {
     }
 }
 
+/// The attention and MLP sublayers a DiT block and an AR block share, under the reference's
+/// names (`norm1`, `attn_qkv`, `attn_out`, `norm2`, `mlp.0`, `mlp.2`); the blocks differ only in
+/// what they do between them (adaLN modulation and gates, causal masks, a KV cache).
+pub struct Sublayers {
+    pub norm1: LayerNorm,
+    attn_qkv: Linear,
+    attn_out: Linear,
+    pub norm2: LayerNorm,
+    mlp0: Linear,
+    mlp2: Linear,
+    n_heads: i64,
+    dropout: f64,
+}
+
+impl Sublayers {
+    pub fn new(p: &nn::Path, hidden: i64, mlp_ratio: i64, n_heads: i64, dropout: f64) -> Sublayers {
+        let mlp = p / "mlp";
+        Sublayers {
+            norm1: LayerNorm::new(p / "norm1", hidden),
+            attn_qkv: Linear::new(p / "attn_qkv", hidden, 3 * hidden, false),
+            attn_out: Linear::new(p / "attn_out", hidden, hidden, false),
+            norm2: LayerNorm::new(p / "norm2", hidden),
+            mlp0: Linear::new(&mlp / "0", hidden, mlp_ratio * hidden, true),
+            mlp2: Linear::new(&mlp / "2", mlp_ratio * hidden, hidden, true),
+            n_heads,
+            dropout,
+        }
+    }
+
+    /// `a [B, n, H]` (the normalised input) → rotary'd q, k and plain v, each `[B, nh, n, dh]`.
+    pub fn qkv(
+        &self,
+        a: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        kind: Kind,
+    ) -> (Tensor, Tensor, Tensor) {
+        let (b, n, h) = a.size3().expect("[B, n, H]");
+        let qkv = self
+            .attn_qkv
+            .forward(a, kind)
+            .view([b, n, 3, self.n_heads, h / self.n_heads]); // [B, n, 3, nh, dh]
+        let q = apply_rotary(&qkv.select(2, 0), cos, sin).transpose(1, 2); // [B, nh, n, dh]
+        let k = apply_rotary(&qkv.select(2, 1), cos, sin).transpose(1, 2);
+        let v = qkv.select(2, 2).transpose(1, 2);
+        (q, k, v)
+    }
+
+    /// Attention output `[B, nh, n, dh]` → heads back to `[B, n, H]` (head-major), projected,
+    /// with dropout; the caller adds it to the residual stream.
+    pub fn attn_out(&self, attn: &Tensor, kind: Kind, train: bool) -> Tensor {
+        let (b, nh, n, dh) = attn.size4().expect("[B, nh, n, dh]");
+        let attn = attn.transpose(1, 2).reshape([b, n, nh * dh]);
+        self.attn_out
+            .forward(&attn, kind)
+            .dropout(self.dropout, train)
+    }
+
+    /// The MLP on the normalised `a [B, n, H]`, with dropout.
+    pub fn mlp(&self, a: &Tensor, kind: Kind, train: bool) -> Tensor {
+        let hdn = self.mlp0.forward(a, kind).gelu("tanh");
+        self.mlp2.forward(&hdn, kind).dropout(self.dropout, train)
+    }
+}
+
 /// `x * (1 + scale) + shift`, with shift/scale `[B, 1, H]`.
 pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Tensor {
     x * (scale + 1.0) + shift

@@ -4,7 +4,7 @@
 //! looked up in the local hub cache, a path is used as it is.
 
 use super::atomic::write_atomically;
-use super::native::write_tensor;
+use super::native::write_safetensors;
 use crate::backbone::load::load_strict;
 use crate::backbone::{Dit, DitConfig, Precision};
 use anyhow::{Context, Result, anyhow, bail};
@@ -206,25 +206,12 @@ pub fn export_hf(dir: &Path, config: &HfMdlmConfig, tensors: &[(String, Tensor)]
     obj.insert("torch_dtype".into(), serde_json::json!("float32"));
     let text = serde_json::to_string_pretty(&json)? + "\n";
 
-    let (header, order) = safetensors_header(tensors)?;
-    write_atomically(&dir.join(WEIGHTS_FILE), None, |out| {
-        out.write_all(&(header.len() as u64).to_le_bytes())?;
-        out.write_all(&header)?;
-        for i in order {
-            let (name, t) = &tensors[i];
-            write_tensor(out, t).with_context(|| format!("writing tensor {name}"))?;
-        }
-        Ok(())
-    })?;
+    // `{"format": "pt"}` metadata, as `save_pretrained` writes.
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    write_safetensors(&dir.join(WEIGHTS_FILE), tensors, metadata, None)?;
     // The config last: a folder whose config is present has its weights too.
     write_atomically(&dir.join(CONFIG_FILE), None, |out| {
         out.write_all(text.as_bytes())?;
         Ok(())
     })
-}
-
-/// A plain safetensors header: `{"format": "pt"}` metadata, as `save_pretrained` writes.
-fn safetensors_header(tensors: &[(String, Tensor)]) -> Result<(Vec<u8>, Vec<usize>)> {
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    super::native::safetensors_header(tensors, metadata)
 }

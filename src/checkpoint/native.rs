@@ -102,7 +102,28 @@ fn save_impl(
     fail_after: Option<u64>,
 ) -> Result<()> {
     let context = || format!("saving checkpoint {}", path.display());
-    let (header, order) = header_bytes(tensors, state, config_yaml).with_context(context)?;
+    // Our checkpoint format: safetensors with the state and config in the metadata.
+    let metadata = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("version".to_string(), VERSION.to_string()),
+        (
+            "state".to_string(),
+            serde_json::to_string(state).with_context(context)?,
+        ),
+        ("config".to_string(), config_yaml.to_string()),
+    ]);
+    write_safetensors(path, tensors, metadata, fail_after).with_context(context)
+}
+
+/// `tensors` as one safetensors file with `metadata`, written atomically (`fail_after`: see
+/// [`write_atomically`]).
+pub(super) fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: HashMap<String, String>,
+    fail_after: Option<u64>,
+) -> Result<()> {
+    let (header, order) = safetensors_header(tensors, metadata)?;
     write_atomically(path, fail_after, |out| {
         out.write_all(&(header.len() as u64).to_le_bytes())?;
         out.write_all(&header)?;
@@ -112,28 +133,12 @@ fn save_impl(
         }
         Ok(())
     })
-    .with_context(context)
-}
-
-/// The header of our checkpoint format: safetensors with our metadata.
-fn header_bytes(
-    tensors: &[(String, Tensor)],
-    state: &Value,
-    config_yaml: &str,
-) -> Result<(Vec<u8>, Vec<usize>)> {
-    let metadata = HashMap::from([
-        ("format".to_string(), FORMAT.to_string()),
-        ("version".to_string(), VERSION.to_string()),
-        ("state".to_string(), serde_json::to_string(state)?),
-        ("config".to_string(), config_yaml.to_string()),
-    ]);
-    safetensors_header(tensors, metadata)
 }
 
 /// A safetensors header (padded to 8 bytes) with `metadata`, and the order in which tensor data
 /// must follow: largest element size first, then by name, as the safetensors crate lays them out,
 /// so every tensor's data starts aligned to its element size.
-pub(super) fn safetensors_header(
+fn safetensors_header(
     tensors: &[(String, Tensor)],
     metadata: HashMap<String, String>,
 ) -> Result<(Vec<u8>, Vec<usize>)> {
@@ -174,7 +179,7 @@ pub(super) fn safetensors_header(
     Ok((header, order))
 }
 
-pub(super) fn write_tensor(out: &mut dyn Write, t: &Tensor) -> Result<()> {
+fn write_tensor(out: &mut dyn Write, t: &Tensor) -> Result<()> {
     let cpu = t.detach().to_device(Device::Cpu).contiguous();
     let n = cpu.numel() * cpu.kind().elt_size_in_bytes();
     if n == 0 {

@@ -135,10 +135,7 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
                         Some(t) => ConfidenceRule::Threshold(t),
                         None => ConfidenceRule::Schedule,
                     },
-                    held: held.as_ref().map(|h| Held {
-                        tokens: h.tokens.shallow_clone(),
-                        held: h.held.shallow_clone(),
-                    }),
+                    held: held.clone(),
                     // `float64_gumbel=false` replays the reference exactly, batch-wide cache
                     // included.
                     cache_rows: s.cache_rows && s.float64_gumbel,

@@ -42,20 +42,6 @@ pub enum Corpus {
     Text8,
 }
 
-/// Dataset names with a known split layout.
-pub const CORPUS_NAMES: [&str; 10] = [
-    "wikitext2",
-    "wikitext103",
-    "ptb",
-    "lambada",
-    "ag_news",
-    "lm1b",
-    "scientific_papers_arxiv",
-    "scientific_papers_pubmed",
-    "text8",
-    "text8-crop",
-];
-
 /// The reference's text8 split points (from the D3PM code base), in characters.
 pub const TEXT8_TRAIN_END: u64 = 90_000_000;
 pub const TEXT8_VALID_END: u64 = 95_000_000;

@@ -284,8 +284,8 @@ fn cached_split(
     let config_dir = root.join("snapshots").join(&commit).join(src.config);
     for dir in [hub_split.to_string(), format!("partial-{hub_split}")] {
         let d = config_dir.join(&dir);
-        let files =
-            parquet_files_in(&d).map_err(|e| format!("cannot list {} ({e})", d.display()))?;
+        // `is_file` follows the snapshot symlinks into `blobs/`; a dangling one is skipped.
+        let files = super::source::list_files(&d, &["parquet"]);
         if !files.is_empty() {
             if dir.starts_with("partial-") {
                 tracing::warn!(
@@ -301,25 +301,6 @@ fn cached_split(
         "no *.parquet in {0}/{hub_split}/ or {0}/partial-{hub_split}/",
         config_dir.display()
     ))
-}
-
-/// `*.parquet` directly in `dir`, sorted by name; empty when `dir` does not exist.
-fn parquet_files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut files = Vec::new();
-    for entry in entries {
-        let p = entry?.path();
-        // `is_file` follows the snapshot symlinks into `blobs/`; a dangling one is skipped.
-        if p.extension().is_some_and(|x| x == "parquet") && p.is_file() {
-            files.push(p);
-        }
-    }
-    files.sort();
-    Ok(files)
 }
 
 fn download_split(

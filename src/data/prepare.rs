@@ -286,13 +286,6 @@ pub fn source_name(dataset: &str) -> &str {
     }
 }
 
-/// Indices of the documents in `split` out of `n` (the document-folder rule).
-pub fn split_documents(n: usize, split: Split) -> Vec<usize> {
-    (0..n)
-        .filter(|&i| Select::HeldOut(split).keeps(i, n))
-        .collect()
-}
-
 /// Which of a split's documents (by index in reading order) it takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Select {

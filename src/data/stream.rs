@@ -42,7 +42,6 @@ struct Source {
     total: usize,
     tokenizer: Arc<dyn Tokenizer>,
     wrap: bool,
-    insert_eos: bool,
     seed: u64,
     shuffle_buffer: usize,
 }
@@ -98,7 +97,6 @@ impl StreamLoader {
                 total,
                 tokenizer,
                 wrap: spec.wrap,
-                insert_eos: true,
                 seed,
                 shuffle_buffer,
             }),
@@ -283,7 +281,8 @@ fn spawn_epoch(source: Arc<Source>, epoch: u64, rank: usize, world: usize) -> Re
                 source.wrap,
                 l,
                 REFERENCE_MAP_BATCH_SIZE,
-                source.insert_eos,
+                // Training documents always end in EOS, as the reference's do.
+                true,
             ) {
                 Ok(m) => m,
                 Err(e) => {

@@ -212,19 +212,11 @@ pub fn sampling_run(case: &Case) -> Result<()> {
     let draws: Vec<Tensor> = (0..u_steps.size()[0]).map(|i| u_steps.get(i)).collect();
     let mut u = ReplayUniforms::new(draws);
     let size = x_steps.size();
+    // The reference's draws, unfiltered and unconditional, with the case's grid.
     let spec = SampleSpec {
-        predictor,
-        steps: case.i64("num_steps")?,
         eps: case.f64("eps")?,
         noise_removal: case.bool("config.sampling.noise_removal")?,
-        batch: size[1],
-        length: size[2],
-        draws: mdlm::sample::ddpm::DrawMode::Reference,
-        temperature: 1.0,
-        top_p: 1.0,
-        confidence: mdlm::sample::ConfidenceRule::Schedule,
-        held: None,
-        cache_rows: false,
+        ..SampleSpec::plain(predictor, case.i64("num_steps")?, size[1], size[2])
     };
     let den = ModelDenoiser::new(&m.dit, &m.diffusion);
     let out = sample::sample(&den, &m.diffusion, &spec, Device::Cpu, &mut u, true)?;

@@ -92,19 +92,16 @@ pub fn sampling_run(case: &Case) -> Result<()> {
     let n_draws = u_steps.size()[0];
     let mut u = ReplayUniforms::new((0..n_draws).map(|i| u_steps.get(i)).collect());
     let size = x_steps.size();
+    // The reference's draws, unfiltered and unconditional, with the case's grid.
     let spec = SampleSpec {
-        predictor: Predictor::Analytic,
-        steps: case.i64("num_steps")?,
         eps: case.f64("eps")?,
         noise_removal: case.bool("config.sampling.noise_removal")?,
-        batch: size[1],
-        length: size[2],
-        draws: mdlm::sample::ddpm::DrawMode::Reference,
-        temperature: 1.0,
-        top_p: 1.0,
-        confidence: mdlm::sample::ConfidenceRule::Schedule,
-        held: None,
-        cache_rows: false,
+        ..SampleSpec::plain(
+            Predictor::Analytic,
+            case.i64("num_steps")?,
+            size[1],
+            size[2],
+        )
     };
     case.check(
         "timesteps",
