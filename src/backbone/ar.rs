@@ -11,7 +11,9 @@
 //! Unlike the reference's `AR.forward`, this returns raw logits; the mask-column overwrite and
 //! `log_softmax` live in `diffusion::ar`, next to the other parameterizations.
 
-use super::layers::{LayerNorm, Linear, Sublayers, rotary_inv_freq, rotary_tables};
+use super::layers::{
+    LayerNorm, Linear, Sublayers, rotary_inv_freq, rotary_tables, vocab_embedding,
+};
 use super::{Backbone, DitConfig, Precision};
 use tch::{Device, Kind, Tensor, nn};
 
@@ -221,16 +223,7 @@ impl Ar {
     /// `p` is the backbone's own path (`root / "backbone"`).
     pub fn new(p: nn::Path, cfg: &ArConfig, precision: Precision) -> Ar {
         let h = cfg.hidden_size;
-        // kaiming_uniform(a=sqrt(5)) on a [V, H] tensor: U(-1/sqrt(H), 1/sqrt(H)).
-        let bound = 1.0 / (h as f64).sqrt();
-        let vocab_embed = (&p / "vocab_embed").var(
-            "embedding",
-            &[cfg.vocab_size, h],
-            nn::Init::Uniform {
-                lo: -bound,
-                up: bound,
-            },
-        );
+        let vocab_embed = vocab_embedding(&p / "vocab_embed", cfg.vocab_size, h);
         let inv_freq = rotary_inv_freq(&p / "rotary_emb", cfg.head_dim(), cfg.rotary_base);
         let blocks_p = &p / "blocks";
         let blocks = (0..cfg.n_blocks)

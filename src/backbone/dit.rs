@@ -4,6 +4,7 @@
 
 use super::layers::{
     LayerNorm, Linear, Sublayers, TimestepEmbedder, modulate, rotary_inv_freq, rotary_tables,
+    vocab_embedding,
 };
 use super::{Backbone, Precision};
 use tch::{Kind, Tensor, nn};
@@ -111,16 +112,7 @@ impl Dit {
     /// `p` is the backbone's own path (`root / "backbone"`).
     pub fn new(p: nn::Path, cfg: &DitConfig, precision: Precision) -> Dit {
         let h = cfg.hidden_size;
-        // kaiming_uniform(a=sqrt(5)) on a [V, H] tensor: U(-1/sqrt(H), 1/sqrt(H)).
-        let bound = 1.0 / (h as f64).sqrt();
-        let vocab_embed = (&p / "vocab_embed").var(
-            "embedding",
-            &[cfg.vocab_size, h],
-            nn::Init::Uniform {
-                lo: -bound,
-                up: bound,
-            },
-        );
+        let vocab_embed = vocab_embedding(&p / "vocab_embed", cfg.vocab_size, h);
         let sigma_map =
             TimestepEmbedder::new(&p / "sigma_map", cfg.cond_dim, cfg.frequency_embedding_size);
         let inv_freq = rotary_inv_freq(&p / "rotary_emb", cfg.head_dim(), cfg.rotary_base);

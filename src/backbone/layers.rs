@@ -129,6 +129,20 @@ impl Sublayers {
     }
 }
 
+/// The reference's `EmbeddingLayer` weight `[V, H]` (`<p>.embedding`), initialised as its
+/// kaiming_uniform(a=sqrt(5)): U(-1/sqrt(H), 1/sqrt(H)).
+pub fn vocab_embedding(p: nn::Path, vocab: i64, hidden: i64) -> Tensor {
+    let bound = 1.0 / (hidden as f64).sqrt();
+    p.var(
+        "embedding",
+        &[vocab, hidden],
+        nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
+    )
+}
+
 /// `x * (1 + scale) + shift`, with shift/scale `[B, 1, H]`.
 pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Tensor {
     x * (scale + 1.0) + shift
