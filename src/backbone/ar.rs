@@ -379,4 +379,34 @@ mod tests {
         let err = f64::try_from((got - full).abs().max()).unwrap();
         assert!(err < 1e-5, "cached logits differ by {err}");
     }
+
+    /// Dropout as the reference's AR `DDiTBlock` places it: on the attention-out and MLP branch
+    /// outputs (scale 1), elementwise at `model.dropout`; none inside attention.
+    #[test]
+    fn dropout_acts_on_each_branch_output() {
+        use crate::backbone::test_util::{assert_branch_dropout, fill};
+        let p = 0.3;
+        let cfg = ArConfig {
+            dropout: p,
+            hidden_size: 32,
+            n_blocks: 1,
+            ..cfg()
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Ar::new(vs.root() / "backbone", &cfg, Precision::F32);
+        let ids = Tensor::from_slice(&[1i64, 5, 7, 10, 0, 3, 3, 2, 9, 4, 4, 8]).view([2, 6]);
+        for (silenced, branch) in [
+            (".mlp.2.", "attention branch"),
+            (".attn_out.", "MLP branch"),
+        ] {
+            fill(&vs, &[silenced]);
+            let x = Tensor::embedding(&model.vocab_embed, &ids, -1, false, false);
+            let (cos, sin) = rotary_tables(&model.inv_freq, 6);
+            let block = &model.blocks[0];
+            let eval = block.forward(&x, &cos, &sin, Kind::Float, false);
+            tch::manual_seed(7);
+            let train = block.forward(&x, &cos, &sin, Kind::Float, true);
+            assert_branch_dropout(&x, &eval, &train, p, branch);
+        }
+    }
 }

@@ -17,7 +17,7 @@
 //! so there is no better behaviour to offer behind a flag: the typo is what makes the adaLN
 //! variant a plain pre-norm residual network.
 
-use super::layers::{Linear, TimestepEmbedder, modulate};
+use super::layers::{Linear, TimestepEmbedder, modulate, torch_default_uniform};
 use super::scan::{ScanMode, selective_scan};
 use super::{Backbone, Precision};
 use tch::{Kind, Tensor, nn};
@@ -224,11 +224,7 @@ impl Mamba {
             None => Linear::new(&p / "in_proj", h, 2 * di, false),
         };
         // nn.Conv1d's default init; fan_in = 1 channel per group x kernel width.
-        let bound = 1.0 / (k as f64).sqrt();
-        let uniform = nn::Init::Uniform {
-            lo: -bound,
-            up: bound,
-        };
+        let uniform = torch_default_uniform(k);
         let conv = &p / "conv1d";
         let conv_weight = conv.var("weight", &[di, 1, k], uniform);
         let conv_bias = conv.var("bias", &[di], uniform);
@@ -524,21 +520,15 @@ mod tests {
         }
     }
 
-    /// Non-zero values everywhere (the adaLN layers start at zero), from arange/sin: no global RNG.
+    /// Non-zero values everywhere (the adaLN layers start at zero), from arange/sin: no global
+    /// RNG; `A_log` lifted so every decay rate is well away from 1.
     fn fill(vs: &nn::VarStore) {
-        let mut vars: Vec<_> = vs.variables().into_iter().collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        crate::backbone::test_util::fill(vs, &[]);
         tch::no_grad(|| {
-            for (i, (name, v)) in vars.iter().enumerate() {
-                let n = v.numel() as i64;
-                let vals =
-                    (Tensor::arange(n, (Kind::Float, Device::Cpu)) * 0.37 + i as f64).sin() * 0.3;
-                let vals = if name.ends_with("A_log") {
-                    vals + 0.5
-                } else {
-                    vals
-                };
-                v.shallow_clone().copy_(&vals.view_as(v));
+            for (name, v) in vs.variables() {
+                if name.ends_with("A_log") {
+                    let _ = v.shallow_clone().g_add_scalar_(0.5);
+                }
             }
         });
     }
@@ -677,5 +667,27 @@ mod tests {
         assert!(scale > 1e-2, "degenerate logits");
         assert!(err < 0.05 * scale, "bf16 error {err} vs scale {scale}");
         assert!(err > 0.0, "the bf16 path computed in float32");
+    }
+
+    /// Dropout as the reference's DiMamba `Block` places it: on the combined mixer output,
+    /// elementwise, before the adaLN gate.
+    #[test]
+    fn dropout_acts_on_the_mixer_output() {
+        let p = 0.4;
+        let cfg = DimambaConfig {
+            dropout: p,
+            n_blocks: 1,
+            ..small()
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = Dimamba::new(vs.root() / "backbone", &cfg, Precision::F32);
+        fill(&vs);
+        let (ids, sigma) = inputs();
+        let h = Tensor::embedding(&m.word_embeddings, &ids, -1, false, false);
+        let c = m.sigma_map.forward(&sigma).silu();
+        let eval = m.layers[0].forward(&h, &c, &m.run, false);
+        tch::manual_seed(7);
+        let train = m.layers[0].forward(&h, &c, &m.run, true);
+        crate::backbone::test_util::assert_branch_dropout(&h, &eval, &train, p, "mixer output");
     }
 }

@@ -173,14 +173,7 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let f32_model = Dit::new(vs.root() / "backbone", &cfg, Precision::F32);
         // Non-zero adaLN and output layers, so every path contributes.
-        tch::no_grad(|| {
-            for (i, (_, v)) in vs.variables().iter().enumerate() {
-                let n = v.numel() as i64;
-                let vals =
-                    (Tensor::arange(n, (Kind::Float, Device::Cpu)) * 0.37 + i as f64).sin() * 0.2;
-                v.shallow_clone().copy_(&vals.view_as(v));
-            }
-        });
+        crate::backbone::test_util::fill(&vs, &[]);
         let bf16_model = Dit::new(vs.root() / "backbone2", &cfg, Precision::Bf16);
         let vs2 = vs.variables();
         tch::no_grad(|| {
@@ -200,5 +193,42 @@ mod tests {
         assert!(scale > 0.1, "degenerate logits");
         assert!(err < 0.05 * scale, "bf16 error {err} vs scale {scale}");
         assert!(err > 0.0, "the bf16 path computed in float32");
+    }
+
+    /// Dropout as the reference places it (`DDiTBlock.forward`): on the attention-out and MLP
+    /// branch outputs, elementwise at `model.dropout`, before the gates; none inside attention.
+    #[test]
+    fn dropout_acts_on_each_branch_output() {
+        use crate::backbone::test_util::{assert_branch_dropout, fill};
+        let p = 0.5;
+        let cfg = DitConfig {
+            vocab_size: 20,
+            hidden_size: 32,
+            cond_dim: 16,
+            n_blocks: 1,
+            n_heads: 4,
+            dropout: p,
+            mlp_ratio: 4,
+            frequency_embedding_size: 256,
+            rotary_base: 10_000.0,
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Dit::new(vs.root() / "backbone", &cfg, Precision::F32);
+        let ids = Tensor::from_slice(&[1i64, 5, 7, 19, 0, 3, 3, 2, 9, 4, 4, 11]).view([2, 6]);
+        let sigma = Tensor::from_slice(&[0.5f32, 2.0]);
+        for (silenced, branch) in [
+            (".mlp.2.", "attention branch"),
+            (".attn_out.", "MLP branch"),
+        ] {
+            fill(&vs, &[silenced]);
+            let x = Tensor::embedding(&model.vocab_embed, &ids, -1, false, false);
+            let c = model.sigma_map.forward(&sigma).silu();
+            let (cos, sin) = rotary_tables(&model.inv_freq, 6);
+            let block = &model.blocks[0];
+            let eval = block.forward(&x, &cos, &sin, &c, Kind::Float, false);
+            tch::manual_seed(7);
+            let train = block.forward(&x, &cos, &sin, &c, Kind::Float, true);
+            assert_branch_dropout(&x, &eval, &train, p, branch);
+        }
     }
 }

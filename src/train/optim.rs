@@ -19,7 +19,8 @@ use tch::{Kind, Tensor};
 /// Key of the per-parameter step counts in `state_tensors`.
 const STEP_KEY: &str = "optim.step";
 
-/// Hyper-parameters of AdamW; `Default` is torch's.
+/// Hyper-parameters of AdamW; `Default` is the reference's `optim` group (`configs/config.yaml`:
+/// lr 3e-4, no weight decay), not torch's AdamW defaults (lr 1e-3, weight decay 1e-2).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
     pub lr: f64,
@@ -32,11 +33,11 @@ pub struct AdamWConfig {
 impl Default for AdamWConfig {
     fn default() -> Self {
         Self {
-            lr: 1e-3,
+            lr: 3e-4,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
-            weight_decay: 1e-2,
+            weight_decay: 0.0,
         }
     }
 }

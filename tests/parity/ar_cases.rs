@@ -18,8 +18,8 @@ struct Model {
     mask_index: i64,
 }
 
-/// Every size and id from the case's `config` (as `model_cases::model_of` does for the DiT).
-fn model_of(case: &Case) -> Result<Model> {
+/// The AR sizes of the case's `config` (`backbone=ar`, `parameterization=ar`).
+pub(crate) fn ar_config(case: &Case) -> Result<ArConfig> {
     let c = &case.json["config"];
     if c["backbone"] != "ar" || c["parameterization"] != "ar" {
         bail!(
@@ -42,6 +42,12 @@ fn model_of(case: &Case) -> Result<Model> {
         mlp_ratio: i("mlp_ratio")?,
         rotary_base: m["rotary_base"].as_f64().unwrap_or(10000.0),
     };
+    Ok(cfg)
+}
+
+/// Every size and id from the case's `config` (as `model_cases::model_of` does for the DiT).
+fn model_of(case: &Case) -> Result<Model> {
+    let cfg = ar_config(case)?;
     let vs = nn::VarStore::new(Device::Cpu);
     let ar = Ar::new(vs.root() / "backbone", &cfg, Precision::F32);
     let weights: BTreeMap<String, Tensor> = case.backbone_weights().into_iter().collect();

@@ -3,7 +3,7 @@
 
 use crate::common::{Case, scalar};
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use mdlm::backbone::{Backbone, DitConfig, Precision};
+use mdlm::backbone::{Backbone, Precision};
 use mdlm::checkpoint::{hf, lightning};
 use mdlm::eval::gpt2::{GenPpl, Gpt2, gen_ppl_terms};
 use std::path::{Path, PathBuf};
@@ -114,21 +114,6 @@ pub fn hf_mdlm(case: &Case) -> Result<()> {
     Ok(())
 }
 
-fn dit_config_of(case: &Case) -> Result<DitConfig> {
-    let i = |k: &str| case.i64(&format!("config.model.{k}"));
-    Ok(DitConfig {
-        vocab_size: case.i64("config.vocab_size")?,
-        hidden_size: i("hidden_size")?,
-        cond_dim: i("cond_dim")?,
-        n_blocks: i("n_blocks")?,
-        n_heads: i("n_heads")?,
-        dropout: case.f64("config.model.dropout")?,
-        mlp_ratio: i("mlp_ratio")?,
-        frequency_embedding_size: i("frequency_embedding_size")?,
-        rotary_base: case.f64("config.model.rotary_base")?,
-    })
-}
-
 pub fn lightning_ckpt(case: &Case) -> Result<()> {
     let path = case.dir.join(case.str("ckpt_file")?);
     let ckpt = lightning::read(&path)?;
@@ -173,7 +158,7 @@ pub fn lightning_ckpt(case: &Case) -> Result<()> {
     }
 
     // EMA: order derived from the architecture, checked against the fixture's names.
-    let cfg = dit_config_of(case)?;
+    let cfg = crate::model_cases::dit_config(case)?;
     let order = lightning::dit_parameter_order(cfg.n_blocks);
     let want_order: Vec<String> = case
         .value("ema_parameter_order")?

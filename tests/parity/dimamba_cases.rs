@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use tch::{Device, Tensor, nn};
 
 /// Every size and flag from the case's `config` and `mamba` sections.
-fn config_of(case: &Case) -> Result<DimambaConfig> {
+pub(crate) fn config_of(case: &Case) -> Result<DimambaConfig> {
     let c = &case.json["config"];
     if c["backbone"] != "dimamba" {
         bail!("expected backbone=dimamba, the case has {}", c["backbone"]);

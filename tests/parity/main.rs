@@ -7,6 +7,7 @@ mod ckpt_cases;
 mod common;
 mod data_cases;
 mod dimamba_cases;
+mod init_cases;
 mod model_cases;
 mod sampler_cases;
 mod train_cases;
@@ -37,6 +38,7 @@ fn runner_for(kind: &str) -> Option<Runner> {
         "lightning_ckpt" => Some(ckpt_cases::lightning_ckpt),
         "gpt2_eval" => Some(ckpt_cases::gpt2_eval),
         "dimamba_forward" => Some(dimamba_cases::dimamba_forward),
+        "init_stats" => Some(init_cases::init_stats),
         _ => None,
     }
 }

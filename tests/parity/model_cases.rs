@@ -59,7 +59,8 @@ pub(crate) struct Model {
     pub(crate) diffusion: Diffusion,
 }
 
-pub(crate) fn model_of(case: &Case) -> Result<Model> {
+/// The DiT sizes of the case's `config` (`config.backbone` must be `dit`).
+pub(crate) fn dit_config(case: &Case) -> Result<DitConfig> {
     let c = &case.json["config"];
     if c["backbone"] != "dit" {
         return skip(format!("backbone {} not implemented yet", c["backbone"]));
@@ -80,6 +81,12 @@ pub(crate) fn model_of(case: &Case) -> Result<Model> {
         frequency_embedding_size: i("frequency_embedding_size")?,
         rotary_base: m["rotary_base"].as_f64().unwrap_or(10000.0),
     };
+    Ok(cfg)
+}
+
+pub(crate) fn model_of(case: &Case) -> Result<Model> {
+    let c = &case.json["config"];
+    let cfg = dit_config(case)?;
     let vs = nn::VarStore::new(Device::Cpu);
     let dit = Dit::new(vs.root() / "backbone", &cfg, Precision::F32);
     let weights: BTreeMap<String, Tensor> = case.backbone_weights().into_iter().collect();

@@ -2,6 +2,7 @@
 //! from `../shared/data`, and a runner for the `mdlm` binary.
 #![allow(dead_code)]
 
+pub mod curve;
 pub mod parquet;
 
 use std::path::{Path, PathBuf};

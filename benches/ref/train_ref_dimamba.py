@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""`../shared/refbench/train_ref.py` for the original's DiMamba backbone, which that script does not
+offer: the same training and validation, with the model built as `backbone=dimamba
+model=tiny-dimamba parameterization=subs` at the sizes given on the command line.
+
+Usage: train_ref_dimamba.py --refbench DIR  <train_ref.py flags>   (its --backbone is ignored)
+"""
+import os
+import sys
+
+
+def main():
+  argv = sys.argv[1:]
+  i = argv.index('--refbench')
+  refbench = argv[i + 1]
+  del argv[i:i + 2]
+  sys.path.insert(0, os.path.abspath(refbench))
+  import train_ref  # noqa: E402
+
+  plain_build = train_ref.build
+
+  def build_dimamba(args, diffusion, vocab_size):
+    # train_ref's build composes the reference's Hydra config with its overrides; swap the
+    # architecture ones and keep every other (sizes, optimiser, loader, seed).
+    from hydra import compose, initialize_config_dir
+    _, _, over = plain_build(args, diffusion, vocab_size)
+    arch = {'backbone=dit', 'model=small', 'parameterization=subs'}
+    over = ['backbone=dimamba', 'model=tiny-dimamba', 'parameterization=subs'] + [
+      o for o in over if o not in arch]
+    with initialize_config_dir(config_dir=os.path.join(os.path.abspath(args.ref), 'configs'),
+                               version_base=None):
+      cfg = compose(config_name='config', overrides=over)
+    model = diffusion.Diffusion(cfg, tokenizer=train_ref.bench_ref.TokenizerStandIn(vocab_size))
+    return model, cfg, over
+
+  train_ref.build = build_dimamba
+  sys.argv = [sys.argv[0]] + argv
+  train_ref.main()
+
+
+if __name__ == '__main__':
+  main()
