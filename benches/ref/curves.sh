@@ -3,7 +3,9 @@
 # on mdlm's own prepared Shakespeare blocks (char, L128), once per seed, then pooled.
 #
 # Usage: benches/ref/curves.sh NAME "SEEDS" [extra train_ref.py flags]
-#   NAME   dit_full | dit_ci | ar | dimamba   (the configurations in tests/support/curve.rs)
+#   NAME   dit_full | dit_ci | ar | dimamba   (the configurations in tests/support/curve.rs; the
+#          original's DiMamba runs here only through mamba-ssm's pure-torch references, minutes a
+#          step on two cores, so dimamba.json is not committed)
 #   SEEDS  e.g. "0 1 2"
 # Needs the original's git mirror in MDLM_REF_MIRROR (the search tool's `fetch` of
 # github:kuleshov-group/mdlm) and ../shared/refbench; installs the rest (libtorch, the corpus, the
