@@ -12,9 +12,9 @@
 mod support;
 
 use support::curve::{
-    ALL, CurveSpec, DEFAULT, blocks_sha256, full_shakespeare_cache, limit, load_ref,
-    ref_curve_path, table, train_mdlm,
+    ALL, CurveSpec, DEFAULT, blocks_sha256, limit, load_ref, ref_curve_path, table, train_mdlm,
 };
+use support::full_shakespeare_cache;
 
 fn main() {
     let mut names: Vec<String> = Vec::new();
@@ -63,14 +63,7 @@ fn main() {
             if !reuse {
                 let _ = std::fs::remove_dir_all(&run);
             }
-            let ours = train_mdlm(
-                std::path::Path::new(env!("CARGO_BIN_EXE_mdlm")),
-                &root,
-                spec,
-                seed,
-                &run,
-                threads,
-            );
+            let ours = train_mdlm(&root, spec, seed, &run, threads);
             let shown = match &r {
                 Some(r) => {
                     let same = blocks_sha256(&root) == r.data_sha256;

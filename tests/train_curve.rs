@@ -9,10 +9,8 @@
 
 mod support;
 
-use support::TempDir;
-use support::curve::{
-    DIT_CI, blocks_sha256, full_shakespeare_cache, limit, load_ref, table, train_mdlm,
-};
+use support::curve::{DIT_CI, blocks_sha256, limit, load_ref, table, train_mdlm};
+use support::{TempDir, full_shakespeare_cache};
 
 #[test]
 fn dit_training_curve_follows_the_original() {
@@ -21,14 +19,7 @@ fn dit_training_curve_follows_the_original() {
     full_shakespeare_cache(tmp.path());
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
     let run = tmp.path().join("run");
-    let ours = train_mdlm(
-        std::path::Path::new(env!("CARGO_BIN_EXE_mdlm")),
-        tmp.path(),
-        &DIT_CI,
-        0,
-        &run,
-        threads,
-    );
+    let ours = train_mdlm(tmp.path(), &DIT_CI, 0, &run, threads);
     assert_eq!(
         blocks_sha256(tmp.path()),
         r.data_sha256,

@@ -155,21 +155,25 @@ mod tests {
     use super::*;
     use tch::Device;
 
+    fn small(n_blocks: i64, dropout: f64) -> DitConfig {
+        DitConfig {
+            vocab_size: 20,
+            hidden_size: 32,
+            cond_dim: 16,
+            n_blocks,
+            n_heads: 4,
+            dropout,
+            mlp_ratio: 4,
+            frequency_embedding_size: 256,
+            rotary_base: 10_000.0,
+        }
+    }
+
     /// The bf16 path (what CUDA runs under `trainer.precision=bf16`) runs on CPU too and stays
     /// close to float32: same weights, logits within bf16 rounding.
     #[test]
     fn bf16_matches_float32_within_bf16_rounding() {
-        let cfg = DitConfig {
-            vocab_size: 20,
-            hidden_size: 32,
-            cond_dim: 16,
-            n_blocks: 2,
-            n_heads: 4,
-            dropout: 0.0,
-            mlp_ratio: 4,
-            frequency_embedding_size: 256,
-            rotary_base: 10_000.0,
-        };
+        let cfg = small(2, 0.0);
         let vs = nn::VarStore::new(Device::Cpu);
         let f32_model = Dit::new(vs.root() / "backbone", &cfg, Precision::F32);
         // Non-zero adaLN and output layers, so every path contributes.
@@ -201,17 +205,7 @@ mod tests {
     fn dropout_acts_on_each_branch_output() {
         use crate::backbone::test_util::{assert_branch_dropout, fill};
         let p = 0.5;
-        let cfg = DitConfig {
-            vocab_size: 20,
-            hidden_size: 32,
-            cond_dim: 16,
-            n_blocks: 1,
-            n_heads: 4,
-            dropout: p,
-            mlp_ratio: 4,
-            frequency_embedding_size: 256,
-            rotary_base: 10_000.0,
-        };
+        let cfg = small(1, p);
         let vs = nn::VarStore::new(Device::Cpu);
         let model = Dit::new(vs.root() / "backbone", &cfg, Precision::F32);
         let ids = Tensor::from_slice(&[1i64, 5, 7, 19, 0, 3, 3, 2, 9, 4, 4, 11]).view([2, 6]);

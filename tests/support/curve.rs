@@ -7,7 +7,6 @@
 
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// One committed configuration; its shape must equal the flags `benches/ref/curves.sh` gives the
 /// original for the same name.
@@ -125,9 +124,9 @@ pub fn overrides(spec: &CurveSpec, seed: u64, run_dir: &Path) -> Vec<String> {
     o
 }
 
-/// Trains with `bin` and returns the validation NELBO at every evaluation, `(step, nats)`.
+/// Trains with the crate's `mdlm` binary and returns the validation NELBO at every evaluation,
+/// `(step, nats)`.
 pub fn train_mdlm(
-    bin: &Path,
     cache: &Path,
     spec: &CurveSpec,
     seed: u64,
@@ -136,17 +135,11 @@ pub fn train_mdlm(
 ) -> Vec<(u64, f64)> {
     let mut args = vec!["train".to_string()];
     args.extend(overrides(spec, seed, run_dir));
-    let o = Command::new(bin)
-        .args(&args)
-        .env("MDLM_CACHE", cache)
-        .env("OMP_NUM_THREADS", threads.to_string())
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("running mdlm");
+    let o = super::mdlm_env(cache, &[("OMP_NUM_THREADS", threads.to_string())], &args);
     assert!(
         o.status.success(),
         "mdlm train failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
+        super::stderr(&o)
     );
     std::fs::read_to_string(run_dir.join("metrics.jsonl"))
         .expect("metrics.jsonl")
@@ -193,19 +186,4 @@ pub fn table(r: &RefCurve, ours: &[(u64, f64)]) -> String {
         );
     }
     s
-}
-
-/// `<cache>/data/shakespeare/raw/` holding the 42 texts `scripts/setup-data.sh` installs, taken
-/// from `../shared/data/gutenberg-shakespeare` (the same files, so the same blocks).
-pub fn full_shakespeare_cache(root: &Path) {
-    let raw = root.join("data/shakespeare/raw");
-    std::fs::create_dir_all(&raw).unwrap();
-    let src = super::shared_data().join("gutenberg-shakespeare");
-    for e in std::fs::read_dir(&src).unwrap() {
-        let p = e.unwrap().path();
-        let name = p.file_name().unwrap().to_string_lossy().to_string();
-        if name.ends_with("_gut.txt") {
-            std::fs::copy(&p, raw.join(&name)).unwrap();
-        }
-    }
 }

