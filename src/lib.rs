@@ -12,6 +12,7 @@ pub mod device;
 pub mod diffusion;
 pub mod dist;
 pub mod eval;
+pub mod hub;
 pub mod model;
 pub mod sample;
 pub mod train;

@@ -51,12 +51,7 @@ fn train_then_ppl_eval_then_sample_eval() {
     ppl_args.push(format!("eval.checkpoint_path={}", ckpt.display()));
     let out = mdlm(tmp.path(), &ppl_args);
     assert!(out.status.success(), "ppl-eval failed:\n{}", stderr(&out));
-    let m: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(eval_dir.join("metrics.jsonl"))
-            .unwrap()
-            .trim(),
-    )
-    .unwrap();
+    let m = metrics_of(&eval_dir);
     let nll = m["val/nll"].as_f64().unwrap();
     assert!(
         (nll - vals[1]).abs() < 1e-9,

@@ -695,7 +695,10 @@ fn missing_hub_repo_names_the_repo_where_it_looked_and_the_fix() {
         .expect("a repo that is not cached must fail");
     let msg = format!("{e:#}");
     assert_eq!(msg.lines().count(), 1, "{msg}");
-    assert!(msg.contains("'no-such-org/no-such-tokenizer'"), "{msg}");
+    assert!(
+        msg.contains("'no-such-org/no-such-tokenizer@main'"),
+        "{msg}"
+    );
     assert!(
         msg.contains(
             &empty

@@ -1,17 +1,14 @@
 //! Checkpoints out and back in: an own checkpoint exported as a Hugging Face MDLM folder evaluates
-//! to the same numbers through `backbone=hf_dit`, from the folder and from a hub-layout cache.
+//! to the same numbers through `backbone=hf_dit`: from the folder, from a hub-layout cache, and
+//! downloaded from a (loopback) Hub that serves it as a repo.
 
 mod support;
 
+use support::hub::{HubServer, Repo, folder_files, proxied};
 use support::*;
 
 fn nll(dir: &std::path::Path) -> f64 {
-    let m: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(dir.join("metrics.jsonl"))
-            .unwrap()
-            .trim(),
-    )
-    .unwrap();
+    let m = metrics_of(dir);
     m["val/nll"].as_f64().unwrap()
 }
 
@@ -71,6 +68,33 @@ fn export_hf_then_evaluate_as_hf_dit() {
         assert!(o.status.success(), "{source}: {}", stderr(&o));
         assert_eq!(nll(&tmp.path().join(dir)), own, "{source}");
     }
+    // The export served as a Hub repo: downloaded into an empty cache byte for byte, and
+    // evaluated to the same numbers.
+    if !proxied() {
+        let sha = "c0ffee0123456789abcdef0123456789abcdef01";
+        let server = HubServer::start(vec![
+            Repo::model("someone/tiny-mdlm", sha, folder_files(&out)).lfs(),
+        ]);
+        let fresh = tmp.path().join("hub-fresh");
+        let mut a = args(
+            &["ppl-eval", "backbone=hf_dit"],
+            tiny_overrides(&tmp.path().join("hfhub")),
+        );
+        a.push("eval.checkpoint_path=someone/tiny-mdlm".to_string());
+        let env = [
+            ("HF_HUB_CACHE", fresh.display().to_string()),
+            ("HF_ENDPOINT", server.endpoint.clone()),
+            ("HF_HUB_OFFLINE", "0".to_string()),
+        ];
+        let o = mdlm_env(tmp.path(), &env, &a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(nll(&tmp.path().join("hfhub")), own);
+        let snap = fresh.join(format!("models--someone--tiny-mdlm/snapshots/{sha}"));
+        for (name, bytes) in folder_files(&out) {
+            assert_eq!(std::fs::read(snap.join(&name)).unwrap(), bytes, "{name}");
+        }
+    }
+
     // An unknown revision, and a repo that is not in the cache: one line naming them.
     assert!(
         error_line(&hf_eval("ppl-eval", "someone/tiny-mdlm@v9", "hfbadrev"))

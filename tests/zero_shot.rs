@@ -69,12 +69,7 @@ fn ppl_eval_over_several_data_groups_prints_one_table() {
     s.push(ck);
     let o = run(&s);
     assert!(o.status.success(), "{}", stderr(&o));
-    let m: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(single.join("metrics.jsonl"))
-            .unwrap()
-            .trim(),
-    )
-    .unwrap();
+    let m = metrics_of(&single);
     let nll: f64 = rows[2][2].parse().unwrap();
     assert_eq!(nll, m["val/nll"].as_f64().unwrap());
 }

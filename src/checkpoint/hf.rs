@@ -1,19 +1,20 @@
 //! The Hugging Face layout of an MDLM checkpoint (the `kuleshov-group/mdlm-owt` repo): a folder
 //! with `config.json` (`model_type: "mdlm"`) and `model.safetensors` holding the DiT under
-//! `backbone.` names. Reading goes through hf-hub's offline cache only (no download): a repo id is
-//! looked up in the local hub cache, a path is used as it is.
+//! `backbone.` names. A path is used as it is; a repo id goes through [`crate::hub`] (the cache
+//! first, else a download into it).
 
 use super::atomic::write_atomically;
 use super::native::write_safetensors;
 use crate::backbone::load::load_strict;
 use crate::backbone::{Dit, DitConfig, Precision};
-use anyhow::{Context, Result, anyhow, bail};
+use crate::hub::{Hub, RepoKind};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use tch::{Tensor, nn};
 
-pub const CONFIG_FILE: &str = "config.json";
+pub const CONFIG_FILE: &str = crate::hub::CONFIG_FILE;
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const MODEL_TYPE: &str = "mdlm";
 
@@ -58,83 +59,32 @@ pub struct HfMdlm {
     pub tensors: BTreeMap<String, Tensor>,
 }
 
-/// The hub cache folder, as huggingface_hub finds it: `HF_HUB_CACHE`, else `HF_HOME/hub`, else
-/// `~/.cache/huggingface/hub`.
-pub fn hub_cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("HF_HUB_CACHE").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("HF_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d).join("hub");
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    home.join(".cache").join("huggingface").join("hub")
-}
-
 /// The folder that holds the model: `repo_or_dir` itself when it is an existing directory, else
-/// the `refs/main` snapshot of that repo id in the hub cache (`hub_cache_dir()`).
+/// the snapshot of that repo id (`owner/name[@revision]`) in the Hugging Face cache, downloaded
+/// there first unless offline (see [`crate::hub`]).
 pub fn resolve(repo_or_dir: &str) -> Result<PathBuf> {
-    let p = Path::new(repo_or_dir);
-    if p.is_dir() {
-        return Ok(p.to_path_buf());
-    }
-    resolve_in(&hub_cache_dir(), repo_or_dir)
+    resolve_with(&Hub::from_env(RepoKind::Model), repo_or_dir)
 }
 
-/// Looks `repo_id` up in the hub cache at `cache_dir` without touching the network. Both files
-/// must be in the snapshot. `owner/name@revision` picks a branch or tag (`refs/<revision>`) or a
-/// commit (`snapshots/<revision>`); without it, `main`.
+/// As [`resolve`], in the hub cache at `cache_dir` without touching the network.
 pub fn resolve_in(cache_dir: &Path, repo_id: &str) -> Result<PathBuf> {
-    let (repo_id, revision) = match repo_id.split_once('@') {
-        Some((r, v)) if !v.is_empty() => (r, Some(v)),
-        _ => (repo_id, None),
-    };
-    // Legacy ids have no owner (`gpt2-large`); anything else is `owner/name`.
-    if repo_id.split('/').count() > 2 || repo_id.split('/').any(str::is_empty) {
-        bail!("'{repo_id}' is neither an existing folder nor a Hugging Face repo id (owner/name)");
-    }
-    let cache = hf_hub::Cache::new(cache_dir.to_path_buf());
-    let repo = match revision {
-        Some(rev) => cache.repo(hf_hub::Repo::with_revision(
-            repo_id.to_string(),
-            hf_hub::RepoType::Model,
-            rev.to_string(),
-        )),
-        None => cache.model(repo_id.to_string()),
-    };
-    // A commit hash has no `refs/` entry; its snapshot folder is named after it.
-    let by_commit = |file: &str| -> Option<PathBuf> {
-        let rev = revision?;
-        let p = cache_dir
-            .join(format!("models--{}", repo_id.replace('/', "--")))
-            .join("snapshots")
-            .join(rev)
-            .join(file);
-        p.is_file().then_some(p)
-    };
-    let shown = match revision {
-        Some(rev) => format!("{repo_id}@{rev}"),
-        None => repo_id.to_string(),
-    };
-    let mut dir = None;
-    for file in [CONFIG_FILE, WEIGHTS_FILE] {
-        let Some(path) = repo.get(file).or_else(|| by_commit(file)) else {
-            bail!(
-                "{file} of '{shown}' is not in the Hugging Face cache {} (offline lookup; download it first, e.g. `huggingface-cli download {repo_id}`, or pass a local folder)",
-                cache_dir.display()
-            );
-        };
-        dir = path.parent().map(Path::to_path_buf);
-    }
-    dir.ok_or_else(|| anyhow!("'{shown}': snapshot path has no parent"))
+    resolve_with(&Hub::offline(cache_dir), repo_id)
 }
 
-/// Reads `config.json` + `model.safetensors` from a folder.
-pub fn load_dir(dir: &Path) -> Result<HfMdlm> {
-    let config_path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&config_path)
+/// As [`resolve`], through `hub`. A `config.json` that is not an MDLM's is refused before the
+/// weights are fetched.
+pub fn resolve_with(hub: &Hub, repo_or_dir: &str) -> Result<PathBuf> {
+    hub.model_dir(
+        repo_or_dir,
+        |config| read_config(config).map(|_| ()),
+        &[WEIGHTS_FILE],
+    )
+}
+
+/// An MDLM `config.json`; fields beyond ours (`auto_map`, `architectures`, `torch_dtype`, ...)
+/// are ignored, a `model_type` other than `mdlm` is refused.
+pub fn read_config(config_path: &Path) -> Result<HfMdlmConfig> {
+    let text = std::fs::read_to_string(config_path)
         .with_context(|| format!("reading {}", config_path.display()))?;
     let raw: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("parsing {}", config_path.display()))?;
@@ -146,8 +96,13 @@ pub fn load_dir(dir: &Path) -> Result<HfMdlm> {
             other.map_or("missing".to_string(), |s| format!("\"{s}\""))
         ),
     }
-    let config: HfMdlmConfig = serde_json::from_value(raw)
-        .with_context(|| format!("{}: not an MDLM config", config_path.display()))?;
+    serde_json::from_value(raw)
+        .with_context(|| format!("{}: not an MDLM config", config_path.display()))
+}
+
+/// Reads `config.json` + `model.safetensors` from a folder.
+pub fn load_dir(dir: &Path) -> Result<HfMdlm> {
+    let config = read_config(&dir.join(CONFIG_FILE))?;
     let weights_path = dir.join(WEIGHTS_FILE);
     if !weights_path.is_file() {
         bail!("{} is missing", weights_path.display());
@@ -163,9 +118,14 @@ pub fn load_dir(dir: &Path) -> Result<HfMdlm> {
     })
 }
 
-/// `resolve` then `load_dir`: a repo id (from the offline cache) or a local folder.
+/// `resolve` then `load_dir`: a repo id (cache first, else downloaded) or a local folder.
 pub fn load(repo_or_dir: &str) -> Result<HfMdlm> {
     load_dir(&resolve(repo_or_dir)?)
+}
+
+/// As [`load`], through `hub`.
+pub fn load_with(hub: &Hub, repo_or_dir: &str) -> Result<HfMdlm> {
+    load_dir(&resolve_with(hub, repo_or_dir)?)
 }
 
 /// Builds a DiT under `vs.root() / "backbone"` and copies `tensors` (full `backbone.` names) into

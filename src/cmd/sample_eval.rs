@@ -71,6 +71,13 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
         Kind::Float
     };
     let held = held_tokens(&cfg, tokenizer.as_ref(), batch, length, device)?;
+    let evaluator = if cfg.eval.compute_generative_perplexity {
+        Some(crate::eval::gen_ppl::fetch_evaluator(
+            &cfg.eval.gen_ppl_eval_model_name_or_path,
+        )?)
+    } else {
+        None
+    };
 
     let bar = progress(n_batches);
     // Ticks per step of the predictor's schedule; the bar's length is set once the spec is known.
@@ -233,10 +240,10 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
         text_path.display()
     );
     let mut gen_ppl = None;
-    if cfg.eval.compute_generative_perplexity {
+    if let Some(dir) = &evaluator {
         let name = &cfg.eval.gen_ppl_eval_model_name_or_path;
         let r = crate::eval::gen_ppl::evaluate(
-            name,
+            dir,
             &texts,
             cfg.model.length,
             cfg.eval.perplexity_batch_size,

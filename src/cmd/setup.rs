@@ -243,7 +243,8 @@ pub fn eval_model(
     }
     let precision = precision(cfg, device)?;
     if cfg.backbone == config::Backbone::HfDit {
-        let hf = crate::checkpoint::hf::load(path)?;
+        let hf = crate::checkpoint::hf::load(path)
+            .with_context(|| format!("eval.checkpoint_path={path}"))?;
         if hf.config.vocab_size != vocab_size {
             bail!(
                 "{path}: the checkpoint's vocabulary has {} entries, data.tokenizer_name_or_path={} gives {vocab_size} (mask included)",

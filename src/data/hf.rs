@@ -1,6 +1,6 @@
 //! Hugging Face tokenizers (`tokenizer.json`, via the `tokenizers` crate) set up the way the
 //! reference's `dataloader.get_tokenizer` sets them up, and resolved from a file, a folder, or a
-//! Hub repo id in the local Hugging Face cache (downloaded into it first unless offline).
+//! Hub repo id (through [`crate::hub`]: the cache first, else downloaded unless offline).
 //!
 //! What `get_tokenizer` does, and this mirrors:
 //! * GPT-2 style tokenizers (no BERT special tokens) get a BERT-style post-processor, so
@@ -15,6 +15,7 @@
 //! fast `tokenizer.json` agrees with it on every string tested.
 
 use super::tokenizer::Tokenizer;
+use crate::hub::{Hub, RepoKind, RepoRef};
 use anyhow::{Context, Result, anyhow, bail};
 use std::path::{Path, PathBuf};
 use tokenizers::processors::bert::BertProcessing;
@@ -99,98 +100,22 @@ pub struct Retokenized {
     pub attention_mask: Vec<Vec<u32>>,
 }
 
-/// The Hugging Face hub cache folder: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
-/// `~/.cache/huggingface/hub` (the same order as `huggingface_hub`).
-pub fn hub_cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("HF_HUB_CACHE").filter(|v| !v.is_empty()) {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("HF_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(d).join("hub");
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    home.join(".cache/huggingface/hub")
-}
-
-/// `tokenizer.json` of a Hub repo in the cache at `cache` (the `refs/main` snapshot), or one line
-/// saying where it was looked for and how to provide it.
-pub fn resolve_in_cache(repo_id: &str, cache: &Path) -> Result<PathBuf> {
-    let repo = hf_hub::Cache::new(cache.to_path_buf()).model(repo_id.to_string());
-    repo.get("tokenizer.json").ok_or_else(|| {
-        let folder = cache.join(format!("models--{}", repo_id.replace('/', "--")));
-        anyhow!(
-            "tokenizer '{repo_id}' is not in the Hugging Face cache (looked for {}/snapshots/<refs/main>/tokenizer.json; cache from HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub); unset HF_HUB_OFFLINE to download it, put the repo's tokenizer.json in that cache (e.g. copy a cache made with `huggingface-cli download {repo_id} tokenizer.json`) or pass a path to a tokenizer.json or a folder holding one",
-            folder.display()
-        )
-    })
-}
-
-/// `tokenizer.json` (and `tokenizer_config.json`, if the repo has one) of a model repo into the
-/// hf-hub cache at `cache`; returns the tokenizer.json path.
-fn download_tokenizer(
-    repo_id: &str,
-    cache: &Path,
-    client: &super::hub_data::HubClient,
-) -> Result<PathBuf> {
-    let api = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(cache.to_path_buf()))
-        .with_endpoint(client.endpoint.clone())
-        .with_progress(client.progress)
-        .with_token(client.token.clone())
-        .build()
-        .context("building the Hub client")?;
-    let repo = api.model(repo_id.to_string());
-    let file = repo.get("tokenizer.json").with_context(|| {
-        format!(
-            "downloading tokenizer.json of {repo_id} from {}",
-            client.endpoint
-        )
-    })?;
-    // Optional: many repos have none, and the vocabulary then decides the special tokens.
-    if let Err(e) = repo.get("tokenizer_config.json") {
-        tracing::debug!(repo = repo_id, error = %e, "no tokenizer_config.json");
-    }
-    Ok(file)
-}
-
 impl HfTokenizer {
-    /// A `tokenizer.json` path, a folder holding one, or a Hub repo id looked up in
-    /// [`hub_cache_dir`] (downloaded there unless `HF_HUB_OFFLINE` is set).
+    /// A `tokenizer.json` path, a folder holding one, or a Hub repo id (`owner/name[@revision]`)
+    /// through [`crate::hub`]: the cache first, else downloaded unless offline.
     pub fn from_name_or_path(name: &str) -> Result<HfTokenizer> {
-        let p = Path::new(name);
-        if p.exists() {
-            return Self::from_name_or_path_in(name, &hub_cache_dir());
-        }
-        Self::from_hub(
-            name,
-            &hub_cache_dir(),
-            super::hub_data::offline_from_env(),
-            &super::hub_data::HubClient::from_env(),
-        )
+        Self::from_name_or_path_with(name, &Hub::from_env(RepoKind::Model))
     }
 
-    /// A Hub repo id: from the cache at `cache`, else (unless `offline`) downloaded into it
-    /// through `client` — `tokenizer.json`, and `tokenizer_config.json` when the repo has one.
-    pub fn from_hub(
-        repo_id: &str,
-        cache: &Path,
-        offline: bool,
-        client: &super::hub_data::HubClient,
-    ) -> Result<HfTokenizer> {
-        match resolve_in_cache(repo_id, cache) {
-            Ok(file) => Self::from_file(repo_id, &file),
-            Err(e) if offline => Err(e),
-            Err(cache_miss) => {
-                let file = download_tokenizer(repo_id, cache, client)
-                    .map_err(|e| anyhow!("{cache_miss:#}; downloading it failed too: {e:#}"))?;
-                Self::from_file(repo_id, &file)
-            }
-        }
-    }
-
-    /// As [`HfTokenizer::from_name_or_path`], with the hub cache folder given.
+    /// As [`HfTokenizer::from_name_or_path`], looking a repo id up in the hub cache at `cache`
+    /// only.
     pub fn from_name_or_path_in(name: &str, cache: &Path) -> Result<HfTokenizer> {
+        Self::from_name_or_path_with(name, &Hub::offline(cache))
+    }
+
+    /// As [`HfTokenizer::from_name_or_path`], through `hub`. From a repo, `tokenizer.json` and
+    /// (when the repo has one) `tokenizer_config.json`, whose special tokens count.
+    pub fn from_name_or_path_with(name: &str, hub: &Hub) -> Result<HfTokenizer> {
         let p = Path::new(name);
         let file = if p.is_file() {
             p.to_path_buf()
@@ -204,7 +129,11 @@ impl HfTokenizer {
             }
             f
         } else {
-            resolve_in_cache(name, cache)?
+            let repo = RepoRef::parse_model(name)?;
+            hub.snapshot(&repo, &["tokenizer.json"], &["tokenizer_config.json"])
+                .with_context(|| format!("tokenizer '{name}'"))?
+                .dir
+                .join("tokenizer.json")
         };
         Self::from_file(name, &file)
     }

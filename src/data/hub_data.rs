@@ -10,16 +10,12 @@
 //! `huggingface-cli download --repo-type dataset --revision refs/convert/parquet ...` works
 //! offline here, and one filled here works for Python.
 
+use crate::hub::{Hub, RepoKind, RepoRef, cached_commit, snapshot_dir};
 use anyhow::{Context, Result, anyhow};
-use hf_hub::api::sync::ApiBuilder;
-use hf_hub::{Cache, Repo, RepoType};
 use std::path::{Path, PathBuf};
 
 /// The branch the Hub's Parquet converter writes to.
 pub const PARQUET_REVISION: &str = "refs/convert/parquet";
-
-/// Where the Hub is unless `HF_ENDPOINT` says otherwise.
-pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
 /// Where one mdlm dataset lives on the Hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,88 +168,28 @@ impl HubSource {
             .unwrap_or_else(|| panic!("split '{split}' is not one of train, validation, test"))
     }
 
-    fn repo(&self) -> Repo {
-        Repo::with_revision(
-            self.repo.to_string(),
-            RepoType::Dataset,
-            PARQUET_REVISION.to_string(),
-        )
+    fn repo(&self) -> RepoRef {
+        RepoRef::dataset(self.repo, PARQUET_REVISION)
     }
 }
 
-/// `huggingface_hub`'s reading of a boolean environment variable.
-pub fn is_truthy(value: &str) -> bool {
-    matches!(
-        value.trim().to_ascii_uppercase().as_str(),
-        "1" | "ON" | "YES" | "TRUE"
-    )
+/// The split's Parquet files, in file-name order, as local paths, through the Hub the
+/// environment describes ([`Hub::from_env`]).
+pub fn split_files(src: &HubSource, split: &str) -> Result<Vec<PathBuf>> {
+    split_files_with(src, split, &Hub::from_env(RepoKind::Dataset))
 }
 
-/// `HF_HUB_OFFLINE` or `HF_DATASETS_OFFLINE` is truthy.
-pub fn offline_from_env() -> bool {
-    ["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"]
-        .iter()
-        .any(|k| std::env::var(k).is_ok_and(|v| is_truthy(&v)))
-}
-
-/// How to reach the Hub: the endpoint, an access token, and whether to draw download bars.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HubClient {
-    pub endpoint: String,
-    pub token: Option<String>,
-    pub progress: bool,
-}
-
-impl HubClient {
-    /// `HF_ENDPOINT` (else the public Hub) and `HF_TOKEN` (else hf-hub reads the token file next
-    /// to the cache, `$HF_HOME/token`).
-    pub fn from_env() -> HubClient {
-        let non_empty = |k| std::env::var(k).ok().filter(|v| !v.is_empty());
-        HubClient {
-            endpoint: non_empty("HF_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.to_string()),
-            token: non_empty("HF_TOKEN"),
-            progress: true,
-        }
-    }
-
-    /// A client for `endpoint` without a token or bars (tests, local mirrors).
-    pub fn at(endpoint: &str) -> HubClient {
-        HubClient {
-            endpoint: endpoint.trim_end_matches('/').to_string(),
-            token: None,
-            progress: false,
-        }
-    }
-}
-
-/// The split's Parquet files, in file-name order, as local paths: from the hf-hub cache at `cache`
-/// (usually [`super::hf::hub_cache_dir`]) when `offline`, else listed on the Hub and downloaded
-/// into that cache where missing. The Hub is reached as [`HubClient::from_env`] says.
-pub fn split_files(
-    src: &HubSource,
-    split: &str,
-    cache: &Path,
-    offline: bool,
-) -> Result<Vec<PathBuf>> {
-    split_files_with(src, split, cache, offline, &HubClient::from_env())
-}
-
-/// As [`split_files`], with the Hub client given.
-pub fn split_files_with(
-    src: &HubSource,
-    split: &str,
-    cache: &Path,
-    offline: bool,
-    client: &HubClient,
-) -> Result<Vec<PathBuf>> {
+/// As [`split_files`], through `hub`: from its cache when offline, else listed on the Hub and
+/// downloaded into the cache where missing.
+pub fn split_files_with(src: &HubSource, split: &str, hub: &Hub) -> Result<Vec<PathBuf>> {
     let hub_split = src.try_split_name(split).ok_or_else(|| {
         anyhow!(
             "dataset '{}': unknown split '{split}' (train, validation, test)",
             src.dataset
         )
     })?;
-    if offline {
-        return cached_split(src, hub_split, cache).map_err(|looked| {
+    if hub.offline.is_some() {
+        return cached_split(src, hub_split, &hub.cache).map_err(|looked| {
             anyhow!(
                 "dataset '{}' (Hub repo {}, revision {PARQUET_REVISION}, split {}/{hub_split}) is not in the Hugging Face cache: {looked}; unset HF_HUB_OFFLINE / HF_DATASETS_OFFLINE to download it, put the converted Parquet files there (`huggingface-cli download --repo-type dataset --revision {PARQUET_REVISION} {} --include '{}/*{hub_split}/*'`), or use local raw files",
                 src.dataset,
@@ -264,7 +200,7 @@ pub fn split_files_with(
             )
         });
     }
-    download_split(src, hub_split, cache, client)
+    download_split(src, hub_split, hub)
 }
 
 /// The split's files in the cache, or where they were looked for.
@@ -274,14 +210,15 @@ fn cached_split(
     cache: &Path,
 ) -> std::result::Result<Vec<PathBuf>, String> {
     let repo = src.repo();
-    let root = cache.join(repo.folder_name());
-    // hf-hub and huggingface_hub both push the revision as a relative path under `refs/`.
-    let ref_file = root.join("refs").join(repo.revision());
-    let commit = match std::fs::read_to_string(&ref_file) {
-        Ok(c) => c.trim().to_string(),
-        Err(e) => return Err(format!("cannot read {} ({e})", ref_file.display())),
+    let Some(commit) = cached_commit(cache, &repo) else {
+        // Both libraries keep the revision as a relative path under `refs/`.
+        let ref_file = cache
+            .join(repo.folder_name())
+            .join("refs")
+            .join(&repo.revision);
+        return Err(format!("cannot read {}", ref_file.display()));
     };
-    let config_dir = root.join("snapshots").join(&commit).join(src.config);
+    let config_dir = snapshot_dir(cache, &repo, &commit).join(src.config);
     for dir in [hub_split.to_string(), format!("partial-{hub_split}")] {
         let d = config_dir.join(&dir);
         // `is_file` follows the snapshot symlinks into `blobs/`; a dangling one is skipped.
@@ -303,28 +240,14 @@ fn cached_split(
     ))
 }
 
-fn download_split(
-    src: &HubSource,
-    hub_split: &str,
-    cache: &Path,
-    client: &HubClient,
-) -> Result<Vec<PathBuf>> {
-    let api = ApiBuilder::from_cache(Cache::new(cache.to_path_buf()))
-        .with_endpoint(client.endpoint.clone())
-        .with_progress(client.progress)
-        .with_retries(3);
-    let api = match &client.token {
-        Some(t) => api.with_token(Some(t.clone())),
-        None => api,
-    };
-    let api = api.build().context("building the Hub client")?;
-    let repo = api.repo(src.repo());
-    let info = match repo.info() {
-        Ok(info) => info,
+fn download_split(src: &HubSource, hub_split: &str, hub: &Hub) -> Result<Vec<PathBuf>> {
+    let repo = src.repo();
+    let listing = match hub.list(&repo) {
+        Ok(l) => l,
         Err(e) => {
             // As huggingface_hub does on a failed connection: a complete earlier download is
             // still good, so use it rather than fail.
-            if let Ok(files) = cached_split(src, hub_split, cache) {
+            if let Ok(files) = cached_split(src, hub_split, &hub.cache) {
                 tracing::warn!(
                     dataset = src.dataset,
                     error = %e,
@@ -332,18 +255,10 @@ fn download_split(
                 );
                 return Ok(files);
             }
-            return Err(anyhow!(e)).with_context(|| {
-                format!(
-                    "listing dataset '{}' (Hub repo {}, revision {PARQUET_REVISION}) at {}; check the network or HF_ENDPOINT, or set HF_HUB_OFFLINE=1 and provide the files in the cache at {}",
-                    src.dataset,
-                    src.repo,
-                    client.endpoint,
-                    cache.display()
-                )
-            });
+            return Err(e).with_context(|| format!("dataset '{}'", src.dataset));
         }
     };
-    let names: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
+    let names: Vec<&str> = listing.files.iter().map(String::as_str).collect();
     let files = pick_split_files(&names, src.config, hub_split).ok_or_else(|| {
         let mut dirs: Vec<&str> = names
             .iter()
@@ -367,42 +282,9 @@ fn download_split(
             "the Hub converted only the first rows of this split (partial-{hub_split})"
         );
     }
-    let snapshot = cache
-        .join(src.repo().folder_name())
-        .join("snapshots")
-        .join(&info.sha);
-    let mut paths = Vec::with_capacity(files.len());
-    for (i, f) in files.iter().enumerate() {
-        // Files of the listed commit only: a stale ref would let hf-hub's `get` mix commits.
-        let cached = snapshot.join(f);
-        if cached.is_file() {
-            paths.push(cached);
-            continue;
-        }
-        tracing::info!(
-            dataset = src.dataset,
-            file = %f,
-            "downloading {}/{} from {}",
-            i + 1,
-            files.len(),
-            src.repo
-        );
-        let p = repo.download(f).with_context(|| {
-            format!(
-                "downloading {f} of Hub repo {} (revision {PARQUET_REVISION}) from {} into {}",
-                src.repo,
-                client.endpoint,
-                cache.display()
-            )
-        })?;
-        paths.push(p);
-    }
-    // Offline runs follow the ref; point it at the commit these files came from.
-    Cache::new(cache.to_path_buf())
-        .repo(src.repo())
-        .create_ref(&info.sha)
-        .with_context(|| format!("writing the {PARQUET_REVISION} ref in {}", cache.display()))?;
-    Ok(paths)
+    let wanted: Vec<&str> = files.iter().map(String::as_str).collect();
+    hub.download(&repo, &listing, &wanted)
+        .with_context(|| format!("dataset '{}'", src.dataset))
 }
 
 /// The split's files among a revision's file names, in name order: the full `<config>/<split>/`
@@ -479,15 +361,5 @@ mod tests {
             ]
         );
         assert_eq!(pick_split_files(&names, "cfg", "validation"), None);
-    }
-
-    #[test]
-    fn truthy_values_are_huggingface_hubs() {
-        for v in ["1", "true", "TRUE", "yes", "on", " 1 "] {
-            assert!(is_truthy(v), "{v}");
-        }
-        for v in ["", "0", "false", "no", "off", "2"] {
-            assert!(!is_truthy(v), "{v}");
-        }
     }
 }

@@ -340,13 +340,7 @@ pub(crate) fn layout(spec: &DataSpec, dataset: &str, split: Split) -> Result<Lay
     let Some(src) = super::hub_data::hub_source(dataset) else {
         return Err(local_err);
     };
-    let files = super::hub_data::split_files(
-        &src,
-        split.as_str(),
-        &super::hf::hub_cache_dir(),
-        super::hub_data::offline_from_env(),
-    )
-    .map_err(|hub_err| {
+    let files = super::hub_data::split_files(&src, split.as_str()).map_err(|hub_err| {
         anyhow::anyhow!("{local_err:#}; the Hub fallback failed too: {hub_err:#}")
     })?;
     let files = files

@@ -15,32 +15,34 @@ pub struct GenPplReport {
     pub samples_scored: usize,
 }
 
-/// A folder as it is, else the evaluator's files from the offline hub cache.
-fn evaluator_dir(name_or_path: &str) -> Result<PathBuf> {
-    let p = Path::new(name_or_path);
-    if p.is_dir() {
-        return Ok(p.to_path_buf());
-    }
-    crate::checkpoint::hf::resolve(name_or_path)
-        .with_context(|| format!("eval.gen_ppl_eval_model_name_or_path={name_or_path}"))
+/// A folder as it is, else the evaluator's repo (`gpt2-large` by default): its config, weights and
+/// tokenizer, from the hub cache or downloaded into it. Callers fetch it before sampling, so a
+/// failed download costs no samples.
+pub fn fetch_evaluator(name_or_path: &str) -> Result<PathBuf> {
+    let hub = crate::hub::Hub::from_env(crate::hub::RepoKind::Model);
+    hub.model_dir(
+        name_or_path,
+        |config| super::gpt2::Gpt2Config::read(config).map(|_| ()),
+        &["model.safetensors", "tokenizer.json"],
+    )
+    .with_context(|| format!("eval.gen_ppl_eval_model_name_or_path={name_or_path}"))
 }
 
-/// Scores `texts`: re-tokenised with the evaluator's tokenizer (pad = EOS, right-padded,
+/// Scores `texts` under the GPT-2 folder `dir`: re-tokenised with the evaluator's tokenizer (pad = EOS, right-padded,
 /// truncated to `max_length`), in batches of `batch_size` — the reference drops a last partial
 /// batch, and so do we — each split into chunks of the evaluator's context length.
 pub fn evaluate(
-    name_or_path: &str,
+    dir: &Path,
     texts: &[String],
     max_length: usize,
     batch_size: usize,
     device: Device,
 ) -> Result<GenPplReport> {
-    let dir = evaluator_dir(name_or_path)?;
-    let model = Gpt2::from_dir(&dir, device)?;
+    let model = Gpt2::from_dir(dir, device)?;
     // The evaluator's own tokenizer, unmodified (the reference loads a fresh one): our samples
     // may contain literal strings such as "[PAD]" that a tokenizer with added tokens would map
     // past the evaluator's vocabulary.
-    let (plain, eos) = plain_tokenizer(&dir)?;
+    let (plain, eos) = plain_tokenizer(dir)?;
     let r = retokenize(&plain, texts, max_length, eos)?;
     let eos = eos as i64;
     let rows = r.input_ids.len();

@@ -23,6 +23,27 @@ pub struct Gpt2Config {
     pub layer_norm_epsilon: f64,
 }
 
+impl Gpt2Config {
+    /// A GPT-2 `config.json`: a `model_type` other than `gpt2` is refused (the evaluator is
+    /// GPT-2 only), fields beyond the forward pass's are ignored.
+    pub fn read(path: &Path) -> Result<Gpt2Config> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let raw: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        if let Some(t) = raw.get("model_type").and_then(|v| v.as_str())
+            && t != "gpt2"
+        {
+            bail!(
+                "{}: model_type is \"{t}\", but the generative-perplexity evaluator must be a GPT-2 (model_type \"gpt2\")",
+                path.display()
+            );
+        }
+        serde_json::from_value(raw)
+            .with_context(|| format!("{}: not a GPT-2 config", path.display()))
+    }
+}
+
 fn default_eps() -> f64 {
     1e-5
 }
@@ -144,11 +165,7 @@ impl Gpt2 {
     /// extras: a `lm_head.weight` (tied, equal to `wte`) and the `attn.bias` / `attn.masked_bias`
     /// causal-mask buffers older transformers versions saved.
     pub fn from_dir(dir: &Path, device: Device) -> Result<Gpt2> {
-        let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path)
-            .with_context(|| format!("reading {}", config_path.display()))?;
-        let cfg: Gpt2Config = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a GPT-2 config", config_path.display()))?;
+        let cfg = Gpt2Config::read(&dir.join("config.json"))?;
         let weights = dir.join("model.safetensors");
         if !weights.is_file() {
             bail!(

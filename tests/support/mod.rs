@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod curve;
+pub mod hub;
 pub mod parquet;
 
 use std::path::{Path, PathBuf};
@@ -144,6 +145,13 @@ pub fn mdlm_env<V: AsRef<std::ffi::OsStr>>(
     c.output().expect("running mdlm")
 }
 
+/// The one record of `<dir>/metrics.jsonl` that ppl-eval and sample-eval write.
+pub fn metrics_of(dir: &Path) -> serde_json::Value {
+    let path = dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// Trains the tiny model for `steps` steps into `run` and returns its last checkpoint.
 pub fn train_tiny(cache: &Path, run: &Path, steps: u64) -> PathBuf {
     let mut a = args(&["train"], tiny_overrides(run));
@@ -232,12 +240,7 @@ pub fn train_eval_sample(tag: &str, selection: &[&str], steps: u64, sampling: &[
         "{tag}: ppl-eval failed:\n{}",
         stderr(&out)
     );
-    let m: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(root.join("eval/metrics.jsonl"))
-            .unwrap()
-            .trim(),
-    )
-    .unwrap();
+    let m = metrics_of(&root.join("eval"));
     let ppl = m["val/ppl"].as_f64().unwrap();
     // Better than nothing, worse than perfect: 1 < ppl, and finite.
     assert!(ppl.is_finite() && ppl > 1.0, "{tag}: ppl {ppl}");
@@ -269,4 +272,42 @@ pub fn train_eval_sample(tag: &str, selection: &[&str], steps: u64, sampling: &[
         );
     }
     tmp
+}
+
+/// A GPT-2 folder (`config.json`, `model.safetensors`, GPT-2's `tokenizer.json`) whose output is
+/// exactly uniform (all weights zero): any text scores a perplexity of the vocabulary size.
+pub fn uniform_gpt2(dir: &Path) {
+    let (v, e, p) = (50257i64, 8i64, 64i64);
+    std::fs::create_dir_all(dir).unwrap();
+    let cfg = serde_json::json!({"model_type": "gpt2", "vocab_size": v, "n_embd": e, "n_layer": 1, "n_head": 2, "n_positions": p, "layer_norm_epsilon": 1e-5});
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let z = |shape: &[i64]| tch::Tensor::zeros(shape, (tch::Kind::Float, tch::Device::Cpu));
+    let mut t: Vec<(String, tch::Tensor)> = vec![
+        ("transformer.wte.weight".into(), z(&[v, e])),
+        ("transformer.wpe.weight".into(), z(&[p, e])),
+        ("transformer.ln_f.weight".into(), z(&[e])),
+        ("transformer.ln_f.bias".into(), z(&[e])),
+    ];
+    for (name, shape) in [
+        ("ln_1.weight", vec![e]),
+        ("ln_1.bias", vec![e]),
+        ("attn.c_attn.weight", vec![e, 3 * e]),
+        ("attn.c_attn.bias", vec![3 * e]),
+        ("attn.c_proj.weight", vec![e, e]),
+        ("attn.c_proj.bias", vec![e]),
+        ("ln_2.weight", vec![e]),
+        ("ln_2.bias", vec![e]),
+        ("mlp.c_fc.weight", vec![e, 4 * e]),
+        ("mlp.c_fc.bias", vec![4 * e]),
+        ("mlp.c_proj.weight", vec![4 * e, e]),
+        ("mlp.c_proj.bias", vec![e]),
+    ] {
+        t.push((format!("transformer.h.0.{name}"), z(&shape)));
+    }
+    tch::Tensor::write_safetensors(&t, dir.join("model.safetensors")).unwrap();
+    std::fs::copy(
+        shared_data().join("../assets/tokenizers/gpt2/tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
 }
