@@ -45,7 +45,9 @@ fn main() {
             .build()
             .unwrap();
         let start = Instant::now();
-        let docs = pool.install(|| tokenize_rows(&tok, &rows, Some(50256)));
+        let docs = pool
+            .install(|| tokenize_rows(&tok, &rows, Some(50256)))
+            .unwrap();
         let secs = start.elapsed().as_secs_f64();
         let tokens: usize = docs.iter().map(Vec::len).sum();
         println!(

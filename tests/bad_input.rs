@@ -113,3 +113,34 @@ fn wrong_checkpoint_nan_loss_and_checkpoints_stay_intact() {
         "the last checkpoint changed"
     );
 }
+
+/// A `tokenizer.json` that loads but cannot encode the corpus (a WordPiece vocabulary whose
+/// `unk_token` is missing fails on the first unknown word) is one error line naming the file,
+/// not a panic from a worker thread.
+#[test]
+fn a_tokenizer_that_fails_on_the_corpus_is_one_error_line() {
+    let tmp = TempDir::new("badtok");
+    shakespeare_cache(tmp.path());
+    let added = |id: u32, t: &str| serde_json::json!({"id": id, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true});
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [added(0, "[CLS]"), added(1, "[SEP]"), added(2, "[PAD]")],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                  "max_input_chars_per_word": 100,
+                  "vocab": {"[CLS]": 0, "[SEP]": 1, "[PAD]": 2, "the": 3}}
+    });
+    let path = tmp.path().join("broken-tokenizer.json");
+    std::fs::write(&path, tok.to_string()).unwrap();
+    let mut a = args(&["train"], tiny_overrides(&tmp.path().join("run")));
+    a.extend([
+        format!("data.tokenizer_name_or_path={}", path.display()),
+        "trainer.max_steps=1".to_string(),
+    ]);
+    let line = error_line(&mdlm(tmp.path(), &a));
+    assert!(
+        line.contains("broken-tokenizer.json") && line.contains("failed on"),
+        "{line}"
+    );
+}

@@ -49,7 +49,7 @@ fn text8_like(chars: usize) -> String {
 fn text8_expected(text: &str, chunk: usize, block: usize) -> Vec<Vec<u32>> {
     let t = CharTokenizer::text8();
     let docs: Vec<Vec<u32>> = (0..text.len() / chunk)
-        .map(|k| t.encode(&text[k * chunk..(k + 1) * chunk]))
+        .map(|k| t.encode(&text[k * chunk..(k + 1) * chunk]).unwrap())
         .collect();
     wrap_expected(&docs, t.bos_id(), t.eos_id(), block)
 }
@@ -164,7 +164,7 @@ fn char_expected(rows: &[String], detok: Option<Detokenizer>, block: usize) -> V
     let (bos, eos) = t.wrap_ids();
     let docs: Vec<Vec<u32>> = rows
         .iter()
-        .map(|r| t.encode(&detok.map_or(r.clone(), |d| d.apply(r))))
+        .map(|r| t.encode(&detok.map_or(r.clone(), |d| d.apply(r))).unwrap())
         .collect();
     wrap_expected(&docs, bos, eos, block)
 }

@@ -437,3 +437,30 @@ fn a_commit_revision_is_cached_without_a_ref_as_huggingface_hub_does() {
             .any(|r| r.contains(&format!("/resolve/{SHA}/config.json")))
     );
 }
+
+#[test]
+fn without_home_or_a_cache_variable_the_cache_is_not_guessed() {
+    let tmp = TempDir::new("hub-nohome");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mdlm"))
+        .args(["sample-eval", "backbone=hf_dit", "data=openwebtext-split"])
+        .arg("eval.checkpoint_path=kuleshov-group/mdlm-owt")
+        .arg(format!(
+            "hydra.run.dir={}",
+            tmp.path().join("out").display()
+        ))
+        .env("MDLM_CACHE", tmp.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("HOME")
+        .env_remove("HF_HOME")
+        .env_remove("HF_HUB_CACHE")
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let line = error_line(&o);
+    assert!(
+        line.contains("HF_HUB_CACHE, HF_HOME and HOME are all unset"),
+        "{line}"
+    );
+    // Nothing was created relative to the working directory.
+    assert!(!tmp.path().join(".cache").exists());
+}

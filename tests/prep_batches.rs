@@ -49,7 +49,7 @@ fn preparation_batch_size_does_not_change_the_blocks() {
     for batch in docs.chunks(1000) {
         let stream: Vec<u32> = batch
             .iter()
-            .flat_map(|d| t.encode(d).into_iter().chain([t.eos_id()]))
+            .flat_map(|d| t.encode(d).unwrap().into_iter().chain([t.eos_id()]))
             .collect();
         for piece in stream.chunks_exact(46) {
             want.push([vec![t.bos_id()], piece.to_vec(), vec![t.eos_id()]].concat());

@@ -64,9 +64,14 @@ fn sampling_options_end_to_end() {
 
     // Prefix and suffix are held under every diffusion sampler.
     let head: Vec<u32> = std::iter::once(t.bos_id())
-        .chain(t.encode("To be"))
+        .chain(t.encode("To be").unwrap())
         .collect();
-    let tail: Vec<u32> = t.encode("end.").into_iter().chain([t.eos_id()]).collect();
+    let tail: Vec<u32> = t
+        .encode("end.")
+        .unwrap()
+        .into_iter()
+        .chain([t.eos_id()])
+        .collect();
     for predictor in ["ddpm", "ddpm_cache", "first_hitting", "confidence"] {
         let rows = sample(
             tmp.path(),

@@ -7,7 +7,7 @@ use super::atomic::write_atomically;
 use super::native::write_safetensors;
 use crate::backbone::load::load_strict;
 use crate::backbone::{Dit, DitConfig, Precision};
-use crate::hub::{Hub, RepoKind};
+use crate::hub::Hub;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -63,7 +63,7 @@ pub struct HfMdlm {
 /// the snapshot of that repo id (`owner/name[@revision]`) in the Hugging Face cache, downloaded
 /// there first unless offline (see [`crate::hub`]).
 pub fn resolve(repo_or_dir: &str) -> Result<PathBuf> {
-    resolve_with(&Hub::from_env(RepoKind::Model), repo_or_dir)
+    Hub::model_dir_from_env(repo_or_dir, check_config, &[WEIGHTS_FILE])
 }
 
 /// As [`resolve`], in the hub cache at `cache_dir` without touching the network.
@@ -74,11 +74,11 @@ pub fn resolve_in(cache_dir: &Path, repo_id: &str) -> Result<PathBuf> {
 /// As [`resolve`], through `hub`. A `config.json` that is not an MDLM's is refused before the
 /// weights are fetched.
 pub fn resolve_with(hub: &Hub, repo_or_dir: &str) -> Result<PathBuf> {
-    hub.model_dir(
-        repo_or_dir,
-        |config| read_config(config).map(|_| ()),
-        &[WEIGHTS_FILE],
-    )
+    hub.model_dir(repo_or_dir, check_config, &[WEIGHTS_FILE])
+}
+
+fn check_config(config: &Path) -> Result<()> {
+    read_config(config).map(|_| ())
 }
 
 /// An MDLM `config.json`; fields beyond ours (`auto_map`, `architectures`, `torch_dtype`, ...)

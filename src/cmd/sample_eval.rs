@@ -203,7 +203,7 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
                 break 'batches;
             }
             let ids: Vec<u32> = row.iter().map(|&t| t as u32).collect();
-            let text = tokenizer.decode(&ids);
+            let text = tokenizer.decode(&ids)?;
             writeln!(
                 out,
                 "{}",
@@ -335,13 +335,13 @@ fn held_tokens(
     let mut head = vec![tokenizer.bos_id() as i64];
     head.extend(
         tokenizer
-            .encode(prefix.as_deref().unwrap_or(""))
+            .encode(prefix.as_deref().unwrap_or(""))?
             .into_iter()
             .map(i64::from),
     );
     let mut tail: Vec<i64> = Vec::new();
     if let Some(sfx) = suffix {
-        tail.extend(tokenizer.encode(sfx).into_iter().map(i64::from));
+        tail.extend(tokenizer.encode(sfx)?.into_iter().map(i64::from));
         tail.push(tokenizer.eos_id() as i64);
     }
     let fixed = head.len() + tail.len();

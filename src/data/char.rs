@@ -149,7 +149,7 @@ impl Tokenizer for CharTokenizer {
     /// Special-token strings are matched case-sensitively on the raw text before lower-casing,
     /// which is why `[MASK]` is one token but `[mask]` is `[UNK] m a s k [UNK]` (both pinned by
     /// the parity fixtures).
-    fn encode(&self, text: &str) -> Vec<u32> {
+    fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
         let mut out = Vec::with_capacity(text.len());
         let mut plain_start = 0;
         let mut i = 0;
@@ -166,15 +166,15 @@ impl Tokenizer for CharTokenizer {
             i += 1;
         }
         self.encode_plain(&text[plain_start..], &mut out);
-        out
+        Ok(out)
     }
 
-    fn decode(&self, ids: &[u32]) -> String {
+    fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
         let mut s = String::with_capacity(ids.len());
         for &id in ids {
             s.push_str(self.id_to_piece(id));
         }
-        s
+        Ok(s)
     }
 }
 
@@ -195,10 +195,10 @@ mod tests {
     fn text8_ids() {
         let t = CharTokenizer::text8();
         assert_eq!(t.vocab_size(), 35);
-        assert_eq!(t.encode("Ab z"), vec![8, 9, 34, 33]);
-        assert_eq!(t.encode("a[MASK]b"), vec![8, 4, 9]);
-        assert_eq!(t.encode("[mask]"), vec![7, 20, 8, 26, 18, 7]);
-        assert_eq!(t.decode(&[2, 8, 3]), "[BOS]a[EOS]");
+        assert_eq!(t.encode("Ab z").unwrap(), vec![8, 9, 34, 33]);
+        assert_eq!(t.encode("a[MASK]b").unwrap(), vec![8, 4, 9]);
+        assert_eq!(t.encode("[mask]").unwrap(), vec![7, 20, 8, 26, 18, 7]);
+        assert_eq!(t.decode(&[2, 8, 3]).unwrap(), "[BOS]a[EOS]");
     }
 
     #[test]
@@ -209,17 +209,20 @@ mod tests {
         }
         assert_eq!(c.vocab_size(), 35 + EXTENDED_CHARS.chars().count());
         assert_eq!(c.vocab_size(), 105);
-        assert_eq!(c.encode("A"), vec![35]);
-        assert_eq!(c.encode("0"), vec![61]);
-        assert_eq!(c.encode("\n"), vec![103]);
+        assert_eq!(c.encode("A").unwrap(), vec![35]);
+        assert_eq!(c.encode("0").unwrap(), vec![61]);
+        assert_eq!(c.encode("\n").unwrap(), vec![103]);
         let s = "To be, or not to be: that is the question.\n[Exit HAMLET]";
-        assert_eq!(c.decode(&c.encode(s)), s);
-        assert_eq!(c.encode("é"), vec![UNK]);
+        assert_eq!(c.decode(&c.encode(s).unwrap()).unwrap(), s);
+        assert_eq!(c.encode("é").unwrap(), vec![UNK]);
     }
 
     #[test]
     fn special_matching_does_not_split_multibyte_chars() {
         let c = CharTokenizer::extended();
-        assert_eq!(c.decode(&c.encode("[é[EOS]")), "[[UNK][EOS]");
+        assert_eq!(
+            c.decode(&c.encode("[é[EOS]").unwrap()).unwrap(),
+            "[[UNK][EOS]"
+        );
     }
 }

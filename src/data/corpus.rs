@@ -23,8 +23,8 @@
 //! on the Hub (`validation` for `ptb.valid.txt`'s role, `test` where the table says so).
 
 use super::detok::Detokenizer;
-use super::prepare::Split;
 use super::source::{Format, RawFile, list_files};
+use super::split::Split;
 use super::tokenizer::Tokenizer;
 use super::wrap::{pad_documents, wrap_documents};
 use anyhow::{Context, Result, bail};
@@ -134,7 +134,7 @@ impl Corpus {
         {
             return Ok(vec![RawFile::new(file, format)]);
         }
-        let parquet = parquet_files(raw, self.hub_split(split));
+        let parquet = parquet_files(raw, self.hub_split(split))?;
         if !parquet.is_empty() {
             return Ok(parquet
                 .into_iter()
@@ -162,19 +162,19 @@ impl Corpus {
 
 /// Parquet files for the Hub split `split` in `raw`: `<split>/*.parquet`, else
 /// `<split>-*.parquet` (the names `datasets` gives shards), in name order.
-pub fn parquet_files(raw: &Path, split: &str) -> Vec<PathBuf> {
-    let nested = list_files(&raw.join(split), &["parquet"]);
+pub fn parquet_files(raw: &Path, split: &str) -> Result<Vec<PathBuf>> {
+    let nested = list_files(&raw.join(split), &["parquet"])?;
     if !nested.is_empty() {
-        return nested;
+        return Ok(nested);
     }
-    list_files(raw, &["parquet"])
+    Ok(list_files(raw, &["parquet"])?
         .into_iter()
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with(&format!("{split}-")))
         })
-        .collect()
+        .collect())
 }
 
 /// text8 as the reference reads it: its own split files when present, else the one `text8`
@@ -258,12 +258,12 @@ pub fn tokenize_rows(
     tokenizer: &dyn Tokenizer,
     rows: &[String],
     eos: Option<u32>,
-) -> Vec<Vec<u32>> {
+) -> Result<Vec<Vec<u32>>> {
     rows.par_iter()
         .map(|r| {
-            let mut ids = tokenizer.encode(r);
+            let mut ids = tokenizer.encode(r)?;
             ids.extend(eos);
-            ids
+            Ok(ids)
         })
         .collect()
 }
@@ -294,7 +294,7 @@ pub fn rows_to_blocks(
         let (bos, eos) = tokenizer.wrap_ids();
         // The reference's `insert_eos`: EOS after every document (the MDLM paper's protocol);
         // without it documents run into each other and only the block wrap adds BOS/EOS.
-        let docs = tokenize_rows(tokenizer, rows, insert_eos.then_some(eos));
+        let docs = tokenize_rows(tokenizer, rows, insert_eos.then_some(eos))?;
         let tokens = docs.iter().map(Vec::len).sum();
         let ids = wrap_documents(&docs, block_size, bos, eos, map_batch_size)?;
         return Ok(RowBlocks {
@@ -303,7 +303,7 @@ pub fn rows_to_blocks(
             tokens,
         });
     }
-    let mut docs = tokenize_rows(tokenizer, rows, None);
+    let mut docs = tokenize_rows(tokenizer, rows, None)?;
     let tokens = docs.iter().map(Vec::len).sum();
     if let Some((first, last)) = tokenizer.special_tokens_around() {
         if block_size < 2 {

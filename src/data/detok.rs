@@ -61,55 +61,56 @@ fn is_py_word(c: char) -> bool {
     c.is_alphanumeric() || c == '_'
 }
 
-/// `re.sub(open \s*([^close]*?)\s* close, open\1close)`: from each `open`, the text up to the next
-/// `close` loses its leading and trailing whitespace.
-fn tighten_inside(s: &str, open: char, close: char) -> String {
+/// One left-to-right `re.sub` pass: at each position `at` may claim a match, giving its
+/// replacement and the position after it; unclaimed characters are copied.
+fn substitute(s: &str, at: impl Fn(&[char], usize) -> Option<(String, usize)>) -> String {
     let chars: Vec<char> = s.chars().collect();
     let mut out = String::with_capacity(s.len());
     let mut i = 0;
     while i < chars.len() {
-        if chars[i] == open
-            && let Some(off) = chars[i + 1..].iter().position(|&c| c == close)
-        {
-            let j = i + 1 + off;
-            let inner: String = chars[i + 1..j].iter().collect();
-            out.push(open);
-            out.push_str(inner.trim_matches(is_py_space));
-            out.push(close);
-            i = j + 1;
-            continue;
+        if let Some((replacement, next)) = at(&chars, i) {
+            out.push_str(&replacement);
+            i = next;
+        } else {
+            out.push(chars[i]);
+            i += 1;
         }
-        out.push(chars[i]);
-        i += 1;
     }
     out
+}
+
+/// `re.sub(open \s*([^close]*?)\s* close, open\1close)`: from each `open`, the text up to the next
+/// `close` loses its leading and trailing whitespace.
+fn tighten_inside(s: &str, open: char, close: char) -> String {
+    substitute(s, |chars, i| {
+        if chars[i] != open {
+            return None;
+        }
+        let j = i + 1 + chars[i + 1..].iter().position(|&c| c == close)?;
+        let inner: String = chars[i + 1..j].iter().collect();
+        Some((
+            format!("{open}{}{close}", inner.trim_matches(is_py_space)),
+            j + 1,
+        ))
+    })
 }
 
 /// `re.sub(open + ' ([^excluded]+) ' + close, open\1close)`: a nonempty run between `open `
 /// and ` close` that contains none of `excluded` loses the two inner spaces.
 fn tighten_spaced(s: &str, open: char, close: char, excluded: &[char]) -> String {
-    let chars: Vec<char> = s.chars().collect();
-    let mut out = String::with_capacity(s.len());
-    let mut i = 0;
-    while i < chars.len() {
-        if chars[i] == open && chars.get(i + 1) == Some(&' ') {
-            // The group cannot cross an excluded char, so the closing one is the first of them.
-            let start = i + 2;
-            if let Some(off) = chars[start..].iter().position(|c| excluded.contains(c)) {
-                let j = start + off;
-                if chars[j] == close && j >= start + 2 && chars[j - 1] == ' ' {
-                    out.push(open);
-                    out.extend(&chars[start..j - 1]);
-                    out.push(close);
-                    i = j + 1;
-                    continue;
-                }
-            }
+    substitute(s, |chars, i| {
+        if chars[i] != open || chars.get(i + 1) != Some(&' ') {
+            return None;
         }
-        out.push(chars[i]);
-        i += 1;
-    }
-    out
+        // The group cannot cross an excluded char, so the closing one is the first of them.
+        let start = i + 2;
+        let j = start + chars[start..].iter().position(|c| excluded.contains(c))?;
+        if chars[j] == close && j >= start + 2 && chars[j - 1] == ' ' {
+            let inner: String = chars[start..j - 1].iter().collect();
+            return Some((format!("{open}{inner}{close}"), j + 1));
+        }
+        None
+    })
 }
 
 /// Python's `$` (without MULTILINE): the end, or just before a newline that ends the string.

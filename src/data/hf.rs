@@ -64,6 +64,116 @@ impl DeclaredTokens {
     }
 }
 
+/// `name` as a local `tokenizer.json`, or a folder holding one; `None` when it is neither path.
+fn local_tokenizer_json(name: &str) -> Result<Option<PathBuf>> {
+    let p = Path::new(name);
+    if p.is_file() {
+        return Ok(Some(p.to_path_buf()));
+    }
+    if p.is_dir() {
+        let f = p.join("tokenizer.json");
+        if !f.is_file() {
+            bail!(
+                "tokenizer folder {} has no tokenizer.json; point at a folder that holds one",
+                p.display()
+            );
+        }
+        return Ok(Some(f));
+    }
+    Ok(None)
+}
+
+/// A special token and its id.
+type Special = (String, u32);
+
+/// A loaded vocabulary, asked for the special tokens `get_tokenizer` would pick.
+struct Vocab<'a> {
+    t: &'a tokenizers::Tokenizer,
+    file: &'a Path,
+}
+
+impl Vocab<'_> {
+    /// The first of `tokens` the vocabulary holds.
+    fn find(&self, tokens: &[&str]) -> Option<(String, u32)> {
+        tokens
+            .iter()
+            .find_map(|s| self.t.token_to_id(s).map(|id| (s.to_string(), id)))
+    }
+
+    /// A token tokenizer_config.json names (`what`), which must then be in the vocabulary.
+    fn declared(&self, token: &Option<String>, what: &str) -> Result<Option<(String, u32)>> {
+        token
+            .as_ref()
+            .map(|tok| {
+                self.t
+                    .token_to_id(tok)
+                    .map(|id| (tok.clone(), id))
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "{}: tokenizer_config.json names {what} {tok:?}, which {} does not hold",
+                            self.file.parent().unwrap_or(Path::new(".")).display(),
+                            self.file.display()
+                        )
+                    })
+            })
+            .transpose()
+    }
+
+    /// BOS and EOS, and whether the vocabulary is BERT-style: declared first (no BOS ->
+    /// cls_token, no EOS -> sep_token, as get_tokenizer does), else guessed from the vocabulary
+    /// (BERT has no BOS/EOS and uses [CLS] / [SEP]).
+    fn bos_eos(&self, d: &DeclaredTokens) -> Result<(Special, Special, bool)> {
+        let bos_declared = self
+            .declared(&d.bos, "bos_token")?
+            .or(self.declared(&d.cls, "cls_token")?);
+        let eos_declared = self
+            .declared(&d.eos, "eos_token")?
+            .or(self.declared(&d.sep, "sep_token")?);
+        let (guessed_bos, guessed_eos, bert_style) = match (
+            self.find(&["[CLS]"]),
+            self.find(&["[SEP]"]),
+            self.find(&["<|endoftext|>"]),
+        ) {
+            (Some(cls), Some(sep), _) => (Some(cls), Some(sep), true),
+            (_, _, Some(eot)) => (Some(eot.clone()), Some(eot), false),
+            _ => (
+                self.find(&["<s>", "[BOS]"]),
+                self.find(&["</s>", "[EOS]"]),
+                false,
+            ),
+        };
+        match (bos_declared.or(guessed_bos), eos_declared.or(guessed_eos)) {
+            (Some(bos), Some(eos)) => Ok((bos, eos, bert_style)),
+            _ => bail!(
+                "{}: cannot tell BOS/EOS (tokenizer_config.json names no bos_token/eos_token or cls_token/sep_token, and the vocabulary has no [CLS]/[SEP], <|endoftext|>, <s>/</s> or [BOS]/[EOS] token)",
+                self.file.display()
+            ),
+        }
+    }
+}
+
+/// The declared pad token, else `[PAD]`/`<pad>`, else `[PAD]` added after the vocabulary (as
+/// get_tokenizer does for GPT-2).
+fn pad_id(
+    inner: &mut tokenizers::Tokenizer,
+    declared: &DeclaredTokens,
+    file: &Path,
+) -> Result<u32> {
+    let vocab = Vocab { t: inner, file };
+    if let Some((_, id)) = vocab
+        .declared(&declared.pad, "pad_token")?
+        .or(vocab.find(&["[PAD]", "<pad>"]))
+    {
+        return Ok(id);
+    }
+    inner
+        .add_special_tokens([AddedToken::from(ADDED_PAD, true)])
+        .map_err(|e| anyhow!("adding {ADDED_PAD}: {e}"))?;
+    inner
+        .token_to_id(ADDED_PAD)
+        .ok_or_else(|| anyhow!("adding {ADDED_PAD} failed"))
+}
+
 /// The token `get_tokenizer` adds when a tokenizer has none.
 pub const ADDED_PAD: &str = "[PAD]";
 
@@ -104,7 +214,10 @@ impl HfTokenizer {
     /// A `tokenizer.json` path, a folder holding one, or a Hub repo id (`owner/name[@revision]`)
     /// through [`crate::hub`]: the cache first, else downloaded unless offline.
     pub fn from_name_or_path(name: &str) -> Result<HfTokenizer> {
-        Self::from_name_or_path_with(name, &Hub::from_env(RepoKind::Model))
+        match local_tokenizer_json(name)? {
+            Some(file) => Self::from_file(name, &file),
+            None => Self::from_repo(name, &Hub::from_env(RepoKind::Model)?),
+        }
     }
 
     /// As [`HfTokenizer::from_name_or_path`], looking a repo id up in the hub cache at `cache`
@@ -113,29 +226,22 @@ impl HfTokenizer {
         Self::from_name_or_path_with(name, &Hub::offline(cache))
     }
 
-    /// As [`HfTokenizer::from_name_or_path`], through `hub`. From a repo, `tokenizer.json` and
-    /// (when the repo has one) `tokenizer_config.json`, whose special tokens count.
+    /// As [`HfTokenizer::from_name_or_path`], through `hub`.
     pub fn from_name_or_path_with(name: &str, hub: &Hub) -> Result<HfTokenizer> {
-        let p = Path::new(name);
-        let file = if p.is_file() {
-            p.to_path_buf()
-        } else if p.is_dir() {
-            let f = p.join("tokenizer.json");
-            if !f.is_file() {
-                bail!(
-                    "tokenizer folder {} has no tokenizer.json; point at a folder that holds one",
-                    p.display()
-                );
-            }
-            f
-        } else {
-            let repo = RepoRef::parse_model(name)?;
-            hub.snapshot(&repo, &["tokenizer.json"], &["tokenizer_config.json"])
-                .with_context(|| format!("tokenizer '{name}'"))?
-                .dir
-                .join("tokenizer.json")
-        };
-        Self::from_file(name, &file)
+        match local_tokenizer_json(name)? {
+            Some(file) => Self::from_file(name, &file),
+            None => Self::from_repo(name, hub),
+        }
+    }
+
+    /// From a repo: `tokenizer.json` and (when the repo has one) `tokenizer_config.json`, whose
+    /// special tokens count.
+    fn from_repo(name: &str, hub: &Hub) -> Result<HfTokenizer> {
+        let repo = RepoRef::parse_model(name)?;
+        let snap = hub
+            .snapshot(&repo, &["tokenizer.json"], &["tokenizer_config.json"])
+            .with_context(|| format!("tokenizer '{name}'"))?;
+        Self::from_file(name, &snap.dir.join("tokenizer.json"))
     }
 
     /// Loads `file` and applies `get_tokenizer`'s changes; `name` is what configs call it.
@@ -144,61 +250,11 @@ impl HfTokenizer {
         let mut inner = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| anyhow!("{} is not a tokenizer.json: {e}", file.display()))?;
         let vocab_size = inner.get_vocab_size(false);
-        let find = |t: &tokenizers::Tokenizer, tokens: &[&str]| {
-            tokens
-                .iter()
-                .find_map(|s| t.token_to_id(s).map(|id| (s.to_string(), id)))
-        };
         // Tokens the repo's tokenizer_config.json names win; the vocabulary decides the rest, as
         // the tokenizer classes' defaults do for the two tokenizers the reference uses (neither
         // GPT-2's nor BERT's config names any).
         let declared = DeclaredTokens::beside(file)?;
-        let declared_id = |t: &tokenizers::Tokenizer, token: &Option<String>, what: &str| {
-            token
-                .as_ref()
-                .map(|tok| {
-                    t.token_to_id(tok).map(|id| (tok.clone(), id)).ok_or_else(|| {
-                        anyhow!(
-                            "{}: tokenizer_config.json names {what} {tok:?}, which {} does not hold",
-                            file.parent().unwrap_or(Path::new(".")).display(),
-                            file.display()
-                        )
-                    })
-                })
-                .transpose()
-        };
-        // get_tokenizer: no BOS -> cls_token, no EOS -> sep_token.
-        let bos_declared = declared_id(&inner, &declared.bos, "bos_token")?.or(declared_id(
-            &inner,
-            &declared.cls,
-            "cls_token",
-        )?);
-        let eos_declared = declared_id(&inner, &declared.eos, "eos_token")?.or(declared_id(
-            &inner,
-            &declared.sep,
-            "sep_token",
-        )?);
-        // BERT-style vocabularies have no BOS/EOS: get_tokenizer uses [CLS] / [SEP].
-        let (guessed_bos, guessed_eos, bert_style) = match (
-            find(&inner, &["[CLS]"]),
-            find(&inner, &["[SEP]"]),
-            find(&inner, &["<|endoftext|>"]),
-        ) {
-            (Some(cls), Some(sep), _) => (Some(cls), Some(sep), true),
-            (_, _, Some(eot)) => (Some(eot.clone()), Some(eot), false),
-            _ => (
-                find(&inner, &["<s>", "[BOS]"]),
-                find(&inner, &["</s>", "[EOS]"]),
-                false,
-            ),
-        };
-        let (Some(bos), Some(eos)) = (bos_declared.or(guessed_bos), eos_declared.or(guessed_eos))
-        else {
-            bail!(
-                "{}: cannot tell BOS/EOS (tokenizer_config.json names no bos_token/eos_token or cls_token/sep_token, and the vocabulary has no [CLS]/[SEP], <|endoftext|>, <s>/</s> or [BOS]/[EOS] token)",
-                file.display()
-            );
-        };
+        let (bos, eos, bert_style) = Vocab { t: &inner, file }.bos_eos(&declared)?;
         // The reference adds the post-processor to GPT-2 tokenizer classes only.
         let gpt2_style = match declared.class.as_deref() {
             Some(class) => class.starts_with("GPT2"),
@@ -212,20 +268,8 @@ impl HfTokenizer {
                 eos.clone(),
             ))));
         }
-        let pad = match declared_id(&inner, &declared.pad, "pad_token")?
-            .or(find(&inner, &["[PAD]", "<pad>"]))
-        {
-            Some((_, id)) => id,
-            None => {
-                inner
-                    .add_special_tokens([AddedToken::from(ADDED_PAD, true)])
-                    .map_err(|e| anyhow!("adding {ADDED_PAD}: {e}"))?;
-                inner
-                    .token_to_id(ADDED_PAD)
-                    .ok_or_else(|| anyhow!("adding {ADDED_PAD} failed"))?
-            }
-        };
-        let mask = match declared_id(&inner, &declared.mask, "mask_token")? {
+        let pad = pad_id(&mut inner, &declared, file)?;
+        let mask = match (Vocab { t: &inner, file }).declared(&declared.mask, "mask_token")? {
             Some((_, id)) => Some(id),
             None => inner.token_to_id("[MASK]"),
         };
@@ -244,16 +288,18 @@ impl HfTokenizer {
         };
         // get_dataset: `BOS = tokenizer.encode(tokenizer.bos_token)[0]` (with special tokens, so
         // for BERT both come out as the leading [CLS]).
-        let first = |t: &HfTokenizer, s: &str| -> Result<u32> {
-            t.encode_with_special_tokens(s)?
-                .ids
-                .first()
-                .copied()
-                .ok_or_else(|| anyhow!("encoding {s:?} gave no ids"))
-        };
-        t.wrap_bos = first(&t, &t.bos.0.clone())?;
-        t.wrap_eos = first(&t, &t.eos.0.clone())?;
+        t.wrap_bos = t.first_id(&t.bos.0)?;
+        t.wrap_eos = t.first_id(&t.eos.0)?;
         Ok(t)
+    }
+
+    /// The first id of `text` encoded with special tokens.
+    fn first_id(&self, text: &str) -> Result<u32> {
+        self.encode_with_special_tokens(text)?
+            .ids
+            .first()
+            .copied()
+            .ok_or_else(|| anyhow!("encoding {text:?} gave no ids"))
     }
 
     /// The `tokenizer.json` this was loaded from.
@@ -371,19 +417,24 @@ impl Tokenizer for HfTokenizer {
         self.mask
     }
 
-    /// `add_special_tokens=False`. A tokenizer.json that fails on some text is a broken file, not
-    /// bad input: this panics with the text rather than silently dropping it.
-    fn encode(&self, text: &str) -> Vec<u32> {
-        match self.inner.encode(text, false) {
-            Ok(e) => e.get_ids().to_vec(),
-            Err(e) => panic!("{}: encoding {text:?} failed: {e}", self.name),
-        }
+    /// `add_special_tokens=False`. A tokenizer.json that fails on some text is a broken file:
+    /// the error names it rather than dropping the text.
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let e = self.inner.encode(text, false).map_err(|e| {
+            let shown: String = text.chars().take(60).collect();
+            anyhow!(
+                "tokenizer '{}' ({}) failed on {shown:?}: {e}",
+                self.name,
+                self.source.display()
+            )
+        })?;
+        Ok(e.get_ids().to_vec())
     }
 
     /// Special tokens are rendered as their strings (`skip_special_tokens=False`).
-    fn decode(&self, ids: &[u32]) -> String {
+    fn decode(&self, ids: &[u32]) -> Result<String> {
         self.decode_with(ids, false)
-            .unwrap_or_else(|e| panic!("{}: {e:#}", self.name))
+            .with_context(|| format!("tokenizer '{}' ({})", self.name, self.source.display()))
     }
 
     fn wrap_ids(&self) -> (u32, u32) {

@@ -176,7 +176,7 @@ impl HubSource {
 /// The split's Parquet files, in file-name order, as local paths, through the Hub the
 /// environment describes ([`Hub::from_env`]).
 pub fn split_files(src: &HubSource, split: &str) -> Result<Vec<PathBuf>> {
-    split_files_with(src, split, &Hub::from_env(RepoKind::Dataset))
+    split_files_with(src, split, &Hub::from_env(RepoKind::Dataset)?)
 }
 
 /// As [`split_files`], through `hub`: from its cache when offline, else listed on the Hub and
@@ -222,7 +222,7 @@ fn cached_split(
     for dir in [hub_split.to_string(), format!("partial-{hub_split}")] {
         let d = config_dir.join(&dir);
         // `is_file` follows the snapshot symlinks into `blobs/`; a dangling one is skipped.
-        let files = super::source::list_files(&d, &["parquet"]);
+        let files = super::source::list_files(&d, &["parquet"]).map_err(|e| format!("{e:#}"))?;
         if !files.is_empty() {
             if dir.starts_with("partial-") {
                 tracing::warn!(

@@ -14,6 +14,7 @@ pub mod loader;
 pub mod parquet;
 pub mod prepare;
 pub mod source;
+pub mod split;
 pub mod stream;
 pub mod tokenizer;
 pub mod wrap;

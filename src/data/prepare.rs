@@ -25,6 +25,7 @@ use super::blocks::{BlockWriter, FORMAT_VERSION, TokenBlocks, write_atomic};
 use super::corpus::{Corpus, detokenize_rows, rows_to_blocks};
 use super::detok::Detokenizer;
 use super::source::{Format, RawFile, SourceFile, documents, fingerprint, list_files};
+pub use super::split::Split;
 use super::tokenizer::Tokenizer;
 use super::tokenizer_by_name;
 use super::wrap::REFERENCE_MAP_BATCH_SIZE;
@@ -55,32 +56,6 @@ pub struct DataSpec {
     /// EOS after every validation document in the wrap path (`data.insert_valid_eos`); training
     /// documents always get one, as in the reference.
     pub insert_valid_eos: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Split {
-    Train,
-    Validation,
-    Test,
-}
-
-impl Split {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Split::Train => "train",
-            Split::Validation => "validation",
-            Split::Test => "test",
-        }
-    }
-
-    pub fn parse(name: &str) -> Result<Split> {
-        Ok(match name {
-            "train" => Split::Train,
-            "validation" | "valid" => Split::Validation,
-            "test" => Split::Test,
-            other => bail!("unknown split '{other}' (train, validation, test)"),
-        })
-    }
 }
 
 /// Everything that determines a prepared file's contents; a sidecar whose recipe differs from the
@@ -205,7 +180,7 @@ pub fn raw_dir(cache_dir: &Path, name: &str) -> Result<PathBuf> {
             dir.display()
         );
     }
-    if !folder_files(&dir).is_empty() {
+    if !folder_files(&dir)?.is_empty() {
         return Ok(dir);
     }
     if name == SHAKESPEARE {
@@ -222,10 +197,10 @@ pub fn raw_dir(cache_dir: &Path, name: &str) -> Result<PathBuf> {
 
 /// A document folder's inputs: `*.txt` one document each, `*.jsonl` and `*.parquet` one per row
 /// (field/column `text`), all in file-name order.
-fn folder_files(dir: &Path) -> Vec<RawFile> {
-    let mut files = list_files(dir, &["txt", "jsonl", "parquet"]);
-    files.extend(list_files(&dir.join("train"), &["parquet"]));
-    files
+fn folder_files(dir: &Path) -> Result<Vec<RawFile>> {
+    let mut files = list_files(dir, &["txt", "jsonl", "parquet"])?;
+    files.extend(list_files(&dir.join("train"), &["parquet"])?);
+    Ok(files
         .into_iter()
         .map(|p| {
             let format = match p.extension().and_then(|e| e.to_str()) {
@@ -239,7 +214,7 @@ fn folder_files(dir: &Path) -> Vec<RawFile> {
             };
             RawFile::new(p, format)
         })
-        .collect()
+        .collect())
 }
 
 /// Where a split's prepared file lives (its sidecar has the same stem and `.json`).
@@ -399,7 +374,7 @@ fn local_layout(spec: &DataSpec, dataset: &str, split: Split) -> Result<Layout> 
         _ => Select::HeldOut(split),
     };
     Ok(Layout {
-        files: folder_files(&raw),
+        files: folder_files(&raw)?,
         select,
         detok: None,
         block_size: spec.block_size,
@@ -520,6 +495,22 @@ enum Chosen {
     Count(usize),
 }
 
+impl Chosen {
+    fn keep(&mut self, i: usize) {
+        match self {
+            Chosen::Indices(v) => v.push(i),
+            Chosen::Count(c) => *c += 1,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Chosen::Indices(v) => v.len(),
+            Chosen::Count(c) => *c,
+        }
+    }
+}
+
 /// Reads the split's documents on a thread of their own and tokenises/wraps/writes them here a
 /// batch at a time, so reading overlaps tokenising and memory holds about two batches.
 #[allow(clippy::too_many_arguments)]
@@ -533,93 +524,28 @@ fn stream_blocks(
     insert_eos: bool,
     total: Option<usize>,
 ) -> Result<Streamed> {
-    let keep_indices = layout.files.iter().all(|f| f.format == Format::Whole);
     let mut writer = BlockWriter::create(path, layout.block_size, id_space(tokenizer), !spec.wrap)?;
     let progress = progress_bar(dataset, split, total);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<String>>>(1);
-    let files = layout.files.clone();
-    let select = layout.select;
-    let target_bytes = batch_bytes();
-    let reader = std::thread::spawn(move || -> (usize, Chosen) {
-        let mut seen = 0;
-        let mut chosen = if keep_indices {
-            Chosen::Indices(Vec::new())
-        } else {
-            Chosen::Count(0)
-        };
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        for doc in documents(&files) {
-            let doc = match doc {
-                Ok(d) => d,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return (seen, chosen);
-                }
-            };
-            let i = seen;
-            seen += 1;
-            if !select.keeps(i, total.unwrap_or(0)) {
-                continue;
-            }
-            match &mut chosen {
-                Chosen::Indices(v) => v.push(i),
-                Chosen::Count(c) => *c += 1,
-            }
-            bytes += doc.len();
-            batch.push(doc);
-            if batch.len() % REFERENCE_MAP_BATCH_SIZE == 0 && bytes >= target_bytes {
-                bytes = 0;
-                if tx.send(Ok(std::mem::take(&mut batch))).is_err() {
-                    return (seen, chosen);
-                }
-            }
-        }
-        if !batch.is_empty() {
-            let _ = tx.send(Ok(batch));
-        }
-        (seen, chosen)
-    });
-    let mut tokens = 0;
-    let mut failure = None;
-    for batch in rx.iter() {
-        let step = (|| -> Result<()> {
-            let rows = detokenize_rows(layout.detok, batch?);
-            let made = rows_to_blocks(
-                tokenizer,
-                &rows,
-                spec.wrap,
-                layout.block_size,
-                REFERENCE_MAP_BATCH_SIZE,
-                insert_eos,
-            )?;
-            tokens += made.tokens;
-            writer.push(&made.ids, made.lengths.as_deref())?;
-            progress.inc(rows.len() as u64);
-            Ok(())
-        })();
-        if let Err(e) = step {
-            failure = Some(e);
-            break;
-        }
-    }
+    let reader = spawn_reader(layout, total, tx);
+    let written = write_batches(
+        &rx,
+        spec,
+        layout,
+        tokenizer,
+        insert_eos,
+        &mut writer,
+        &progress,
+    );
     // Dropping the receiver stops the reader at its next send.
     drop(rx);
     let (seen, chosen) = reader
         .join()
         .map_err(|_| anyhow::anyhow!("the document reader panicked"))?;
     progress.finish_and_clear();
-    if let Some(e) = failure {
-        return Err(e.context(format!(
-            "preparing data '{dataset}' {} split",
-            split.as_str()
-        )));
-    }
-    let n_chosen = match &chosen {
-        Chosen::Indices(v) => v.len(),
-        Chosen::Count(c) => *c,
-    };
-    if n_chosen == 0 {
+    let tokens =
+        written.with_context(|| format!("preparing data '{dataset}' {} split", split.as_str()))?;
+    if chosen.len() == 0 {
         bail!(
             "data '{dataset}': {} document(s) read, none left for the {} split ({})",
             seen,
@@ -641,6 +567,85 @@ fn stream_blocks(
         seen,
         chosen,
     })
+}
+
+/// The reader thread: the layout's documents that the split keeps, sent in batches of whole
+/// reference map batches of about [`batch_bytes`] of text. Returns the documents read and kept.
+fn spawn_reader(
+    layout: &Layout,
+    total: Option<usize>,
+    tx: std::sync::mpsc::SyncSender<Result<Vec<String>>>,
+) -> std::thread::JoinHandle<(usize, Chosen)> {
+    let files = layout.files.clone();
+    let select = layout.select;
+    let target_bytes = batch_bytes();
+    // Document folders hold one document per file: their kept indices are worth recording.
+    let keep_indices = files.iter().all(|f| f.format == Format::Whole);
+    std::thread::spawn(move || {
+        let mut seen = 0;
+        let mut chosen = if keep_indices {
+            Chosen::Indices(Vec::new())
+        } else {
+            Chosen::Count(0)
+        };
+        let (mut batch, mut bytes) = (Vec::new(), 0);
+        for doc in documents(&files) {
+            let doc = match doc {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return (seen, chosen);
+                }
+            };
+            let i = seen;
+            seen += 1;
+            if !select.keeps(i, total.unwrap_or(0)) {
+                continue;
+            }
+            chosen.keep(i);
+            bytes += doc.len();
+            batch.push(doc);
+            if batch.len() % REFERENCE_MAP_BATCH_SIZE == 0 && bytes >= target_bytes {
+                bytes = 0;
+                if tx.send(Ok(std::mem::take(&mut batch))).is_err() {
+                    return (seen, chosen);
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let _ = tx.send(Ok(batch));
+        }
+        (seen, chosen)
+    })
+}
+
+/// Detokenises, tokenises and wraps each batch the reader sends, into `writer`; returns the
+/// tokens made. Stops at the first failure, the reader's or its own.
+fn write_batches(
+    rx: &std::sync::mpsc::Receiver<Result<Vec<String>>>,
+    spec: &DataSpec,
+    layout: &Layout,
+    tokenizer: &dyn Tokenizer,
+    insert_eos: bool,
+    writer: &mut BlockWriter,
+    progress: &indicatif::ProgressBar,
+) -> Result<usize> {
+    let mut tokens = 0;
+    for batch in rx.iter() {
+        let rows = detokenize_rows(layout.detok, batch?);
+        let made = rows_to_blocks(
+            tokenizer,
+            &rows,
+            spec.wrap,
+            layout.block_size,
+            REFERENCE_MAP_BATCH_SIZE,
+            insert_eos,
+        )?;
+        tokens += made.tokens;
+        writer.push(&made.ids, made.lengths.as_deref())?;
+        progress.inc(rows.len() as u64);
+    }
+    Ok(tokens)
 }
 
 fn progress_bar(dataset: &str, split: Split, total: Option<usize>) -> indicatif::ProgressBar {

@@ -322,21 +322,29 @@ fn fnv1a64(mut h: u64, bytes: &[u8]) -> u64 {
     h
 }
 
-/// Files in `dir` (not recursive) whose names end in one of `extensions`, sorted by name.
-pub fn list_files(dir: &Path, extensions: &[&str]) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.is_file()
-                        && p.extension()
-                            .is_some_and(|e| extensions.iter().any(|x| e == *x))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+/// Files in `dir` (not recursive) whose names end in one of `extensions`, sorted by name. A
+/// folder that does not exist holds none; one that cannot be read (permissions) is an error, not
+/// an empty folder that would later read as "no data".
+pub fn list_files(dir: &Path, extensions: &[&str]) -> Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    let mut files = Vec::new();
+    for e in entries {
+        let p = e
+            .with_context(|| format!("listing {}", dir.display()))?
+            .path();
+        if p.is_file()
+            && p.extension()
+                .is_some_and(|e| extensions.iter().any(|x| e == *x))
+        {
+            files.push(p);
+        }
+    }
     files.sort();
-    files
+    Ok(files)
 }
 
 #[cfg(test)]
@@ -353,6 +361,22 @@ mod tests {
 
     fn all(f: &RawFile) -> Vec<String> {
         f.documents().unwrap().collect::<Result<_>>().unwrap()
+    }
+
+    #[test]
+    fn listing_reports_an_unreadable_folder_instead_of_an_empty_one() {
+        let f = temp("listed.txt", b"x");
+        let dir = f.parent().unwrap();
+        assert_eq!(list_files(dir, &["txt"]).unwrap(), vec![f.clone()]);
+        // A folder that is not there holds nothing; one that cannot be read (here: a file in
+        // its place) is an error naming it.
+        assert!(
+            list_files(&dir.join("absent"), &["txt"])
+                .unwrap()
+                .is_empty()
+        );
+        let e = format!("{:#}", list_files(&f, &["txt"]).unwrap_err());
+        assert!(e.contains("listing") && e.contains("listed.txt"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The tokenizer interface the rest of mdlm sees. Character tokenizers implement it here; a Hugging
-//! Face tokenizer (`tokenizers` crate) can implement it later without touching callers.
+//! The tokenizer interface the rest of mdlm sees, implemented by the character tokenizers
+//! (`char.rs`) and Hugging Face `tokenizer.json` tokenizers (`hf.rs`).
 
 /// Text ↔ token ids. `encode` never adds BOS/EOS: the wrap path adds them itself, as the
 /// reference does (`add_special_tokens=False`, then EOS per document, BOS per block).
@@ -13,8 +13,10 @@ pub trait Tokenizer: Send + Sync {
     /// `Some(id)` when the mask token is part of the vocabulary; `None` when the model must append
     /// one (the reference appends `[MASK]` at `vocab_size` for tokenizers without a mask token).
     fn mask_id(&self) -> Option<u32>;
-    fn encode(&self, text: &str) -> Vec<u32>;
-    fn decode(&self, ids: &[u32]) -> String;
+    /// Fails only for a tokenizer that cannot handle the text (a broken `tokenizer.json`): the
+    /// caller reports it rather than dropping the text.
+    fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>>;
+    fn decode(&self, ids: &[u32]) -> anyhow::Result<String>;
 
     /// The BOS and EOS ids the wrap path uses. The reference computes them as
     /// `tokenizer.encode(token)[0]` (with special tokens), so for BERT both are `[CLS]`; for

@@ -19,8 +19,7 @@ pub struct GenPplReport {
 /// tokenizer, from the hub cache or downloaded into it. Callers fetch it before sampling, so a
 /// failed download costs no samples.
 pub fn fetch_evaluator(name_or_path: &str) -> Result<PathBuf> {
-    let hub = crate::hub::Hub::from_env(crate::hub::RepoKind::Model);
-    hub.model_dir(
+    crate::hub::Hub::model_dir_from_env(
         name_or_path,
         |config| super::gpt2::Gpt2Config::read(config).map(|_| ()),
         &["model.safetensors", "tokenizer.json"],

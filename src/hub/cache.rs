@@ -2,25 +2,30 @@
 //! holds a commit hash, `snapshots/<commit>/<file>` links into `blobs/`.
 
 use super::RepoRef;
+use anyhow::{Result, bail};
 use std::path::{Path, PathBuf};
 
 /// `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub` (`huggingface_hub`'s
-/// order).
-pub fn cache_dir() -> PathBuf {
+/// order). Without any of the three there is no cache to share: a relative path would scatter
+/// one per working directory, so that is an error.
+pub fn cache_dir() -> Result<PathBuf> {
     let var = |k| {
         std::env::var_os(k)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
     if let Some(d) = var("HF_HUB_CACHE") {
-        return d;
+        return Ok(d);
     }
     if let Some(d) = var("HF_HOME") {
-        return d.join("hub");
+        return Ok(d.join("hub"));
     }
-    var("HOME")
-        .unwrap_or_default()
-        .join(".cache/huggingface/hub")
+    match var("HOME") {
+        Some(home) => Ok(home.join(".cache/huggingface/hub")),
+        None => bail!(
+            "cannot place the Hugging Face cache: HF_HUB_CACHE, HF_HOME and HOME are all unset; set one of them"
+        ),
+    }
 }
 
 pub fn snapshot_dir(cache: &Path, repo: &RepoRef, commit: &str) -> PathBuf {

@@ -46,7 +46,7 @@ impl HubClient {
             .or_else(|| var("HUGGING_FACE_HUB_TOKEN"))
             .map(|t| t.trim().to_string())
             .or_else(|| {
-                std::fs::read_to_string(token_path())
+                std::fs::read_to_string(token_path()?)
                     .ok()
                     .map(|t| t.trim().to_string())
                     .filter(|t| !t.is_empty())
@@ -77,8 +77,8 @@ impl HubClient {
     }
 }
 
-/// Where `huggingface-cli login` keeps the token.
-pub fn token_path() -> PathBuf {
+/// Where `huggingface-cli login` keeps the token; `None` without a home to keep it in.
+pub fn token_path() -> Option<PathBuf> {
     let var = |k| {
         std::env::var_os(k)
             .filter(|v| !v.is_empty())
@@ -86,11 +86,7 @@ pub fn token_path() -> PathBuf {
     };
     var("HF_TOKEN_PATH")
         .or_else(|| var("HF_HOME").map(|h| h.join("token")))
-        .unwrap_or_else(|| {
-            var("HOME")
-                .unwrap_or_default()
-                .join(".cache/huggingface/token")
-        })
+        .or_else(|| var("HOME").map(|h| h.join(".cache/huggingface/token")))
 }
 
 #[cfg(test)]

@@ -47,12 +47,12 @@ impl Snapshot {
 impl Hub {
     /// The cache and client the environment describes, offline when the variable for `kind` says
     /// so.
-    pub fn from_env(kind: RepoKind) -> Hub {
-        Hub {
-            cache: cache_dir(),
+    pub fn from_env(kind: RepoKind) -> Result<Hub> {
+        Ok(Hub {
+            cache: cache_dir()?,
             offline: offline_var(kind).map(|v| format!("{v} is set")),
             client: HubClient::from_env(),
-        }
+        })
     }
 
     /// Lookups in `cache` only.
@@ -84,6 +84,19 @@ impl Hub {
             .chain(files.iter().copied())
             .collect();
         Ok(self.snapshot(&repo, &all, &[])?.dir)
+    }
+
+    /// As [`Hub::model_dir`] through the Hub the environment describes; a local folder needs
+    /// neither a cache nor a network.
+    pub fn model_dir_from_env(
+        spec: &str,
+        check: impl FnOnce(&Path) -> Result<()>,
+        files: &[&str],
+    ) -> Result<PathBuf> {
+        if Path::new(spec).is_dir() {
+            return Ok(PathBuf::from(spec));
+        }
+        Hub::from_env(RepoKind::Model)?.model_dir(spec, check, files)
     }
 
     /// `cache`, downloading into it through `client` where needed.
