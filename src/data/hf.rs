@@ -83,6 +83,19 @@ fn local_tokenizer_json(name: &str) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
+/// `tokenizers` parses some malformed files by panicking (an `unwrap` inside a deserializer,
+/// found by tests/fuzz.rs); a user's file must give an error instead.
+fn parse_tokenizer_json(bytes: &[u8]) -> std::result::Result<tokenizers::Tokenizer, String> {
+    match std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes)) {
+        Ok(parsed) => parsed.map_err(|e| e.to_string()),
+        Err(p) => Err(p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "malformed".to_string())),
+    }
+}
+
 /// A special token and its id.
 type Special = (String, u32);
 
@@ -247,7 +260,7 @@ impl HfTokenizer {
     /// Loads `file` and applies `get_tokenizer`'s changes; `name` is what configs call it.
     pub fn from_file(name: &str, file: &Path) -> Result<HfTokenizer> {
         let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-        let mut inner = tokenizers::Tokenizer::from_bytes(&bytes)
+        let mut inner = parse_tokenizer_json(&bytes)
             .map_err(|e| anyhow!("{} is not a tokenizer.json: {e}", file.display()))?;
         let vocab_size = inner.get_vocab_size(false);
         // Tokens the repo's tokenizer_config.json names win; the vocabulary decides the rest, as
