@@ -146,11 +146,17 @@ fn draw_batches(
     let bar = progress(plan.n_batches);
     let sampled = match &model.net {
         Net::Dit(_) | Net::DiMamba(_) => {
-            let den = ModelDenoiser::new(model.backbone(), diffusion);
+            let draws = DiffusionDraws {
+                s: &cfg.sampling,
+                den: ModelDenoiser::new(model.backbone(), diffusion),
+                diffusion,
+                plan,
+                bar: &bar,
+            };
             if cfg.sampling.semi_ar {
-                draw_semi_ar(&cfg.sampling, &den, diffusion, plan, &bar)
+                draws.semi_ar()
             } else {
-                draw_diffusion(&cfg.sampling, &den, diffusion, plan, &bar)
+                draws.reverse()
             }
         }
         Net::Ar(ar) => {
@@ -189,76 +195,82 @@ fn draw_batches(
     Ok(sampled)
 }
 
-/// The reference's semi-autoregressive generation: ddpm_cache steps of size 1/sampling.steps per
-/// stride, whatever sampling.predictor says.
-fn draw_semi_ar(
-    s: &config::Sampling,
-    den: &ModelDenoiser,
-    diffusion: &Diffusion,
-    plan: &Plan,
-    bar: &indicatif::ProgressBar,
-) -> Result<Sampled> {
-    if plan.held.is_some() {
-        bail!("sampling.prefix / sampling.suffix do not combine with sampling.semi_ar=true");
-    }
-    let spec = SemiArSpec {
-        batch: plan.batch,
-        length: plan.length,
-        stride_length: s.stride_length as i64,
-        num_strides: s.num_strides as i64,
-        dt: 1.0 / s.steps as f64,
-    };
-    let mut uniforms = TorchUniforms { kind: plan.kind };
-    let mut batches = Vec::new();
-    for _ in 0..plan.n_batches {
-        let (start, calls) = (Instant::now(), den.calls());
-        let tokens = sample_semi_ar(den, diffusion, &spec, plan.device, &mut uniforms)?.tokens;
-        batches.push(finish(tokens, den.calls() - calls, start, Some(bar)));
-    }
-    let what = format!(
-        "semi_ar (ddpm_cache, {} strides of {} tokens, dt 1/{})",
-        spec.num_strides + 1,
-        spec.stride_length,
-        s.steps
-    );
-    Ok(Sampled {
-        batches,
-        steps: s.steps,
-        what,
-    })
+/// A diffusion model (DiT or DiMamba) and what its samplers read.
+struct DiffusionDraws<'a> {
+    s: &'a config::Sampling,
+    den: ModelDenoiser<'a>,
+    diffusion: &'a Diffusion,
+    plan: &'a Plan,
+    bar: &'a indicatif::ProgressBar,
 }
 
-/// The reverse-process samplers (`sampling.predictor`), ticking the bar once per step.
-fn draw_diffusion(
-    s: &config::Sampling,
-    den: &ModelDenoiser,
-    diffusion: &Diffusion,
-    plan: &Plan,
-    bar: &indicatif::ProgressBar,
-) -> Result<Sampled> {
-    let spec = SampleSpec::from_config(s, plan.batch, plan.length, plan.held.clone());
-    bar.set_length(plan.n_batches as u64 * sample::observed_steps(&spec));
-    let mut uniforms = TorchUniforms { kind: plan.kind };
-    let mut batches = Vec::new();
-    for _ in 0..plan.n_batches {
-        let (start, calls) = (Instant::now(), den.calls());
-        let tokens = sample::sample_observed(
-            den,
-            diffusion,
-            &spec,
-            plan.device,
-            &mut uniforms,
-            false,
-            &mut || bar.inc(1),
-        )?
-        .tokens;
-        batches.push(finish(tokens, den.calls() - calls, start, None));
+impl DiffusionDraws<'_> {
+    /// The reference's semi-autoregressive generation: ddpm_cache steps of size 1/sampling.steps
+    /// per stride, whatever sampling.predictor says.
+    fn semi_ar(&self) -> Result<Sampled> {
+        let (s, den, plan) = (self.s, &self.den, self.plan);
+        if plan.held.is_some() {
+            bail!("sampling.prefix / sampling.suffix do not combine with sampling.semi_ar=true");
+        }
+        let spec = SemiArSpec {
+            batch: plan.batch,
+            length: plan.length,
+            stride_length: s.stride_length as i64,
+            num_strides: s.num_strides as i64,
+            dt: 1.0 / s.steps as f64,
+        };
+        let mut uniforms = TorchUniforms { kind: plan.kind };
+        let mut batches = Vec::new();
+        for _ in 0..plan.n_batches {
+            let (start, calls) = (Instant::now(), den.calls());
+            let out = sample_semi_ar(den, self.diffusion, &spec, plan.device, &mut uniforms)?;
+            batches.push(finish(
+                out.tokens,
+                den.calls() - calls,
+                start,
+                Some(self.bar),
+            ));
+        }
+        let what = format!(
+            "semi_ar (ddpm_cache, {} strides of {} tokens, dt 1/{})",
+            spec.num_strides + 1,
+            spec.stride_length,
+            s.steps
+        );
+        Ok(Sampled {
+            batches,
+            steps: s.steps,
+            what,
+        })
     }
-    Ok(Sampled {
-        batches,
-        steps: s.steps,
-        what: sampler_name(s),
-    })
+
+    /// The reverse-process samplers (`sampling.predictor`), ticking the bar once per step.
+    fn reverse(&self) -> Result<Sampled> {
+        let (s, den, plan) = (self.s, &self.den, self.plan);
+        let spec = SampleSpec::from_config(s, plan.batch, plan.length, plan.held.clone());
+        self.bar
+            .set_length(plan.n_batches as u64 * sample::observed_steps(&spec));
+        let mut uniforms = TorchUniforms { kind: plan.kind };
+        let mut batches = Vec::new();
+        for _ in 0..plan.n_batches {
+            let (start, calls) = (Instant::now(), den.calls());
+            let out = sample::sample_observed(
+                den,
+                self.diffusion,
+                &spec,
+                plan.device,
+                &mut uniforms,
+                false,
+                &mut || self.bar.inc(1),
+            )?;
+            batches.push(finish(out.tokens, den.calls() - calls, start, None));
+        }
+        Ok(Sampled {
+            batches,
+            steps: s.steps,
+            what: sampler_name(s),
+        })
+    }
 }
 
 /// Where the samples go: `samples.jsonl` (one JSON object per sample) and `samples.txt`.

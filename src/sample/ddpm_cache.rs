@@ -31,19 +31,23 @@ pub fn step(
 }
 
 /// A run of cached steps: what is carried from one step to the next.
-pub struct Cache {
+pub struct Cache<'a> {
+    diff: &'a Diffusion,
+    mode: DrawMode,
     p_x0: Option<Tensor>,
     /// Per row only: which rows changed in the last step, `[B]` bool.
     stale: Option<Tensor>,
     per_row: bool,
 }
 
-impl Cache {
+impl<'a> Cache<'a> {
     /// Reuse per batch, as the reference does (recompute all rows as soon as any changed), or,
     /// with `per_row`, recompute only the rows that changed. A time-conditioned network never
     /// reuses, so it is always per batch.
-    pub fn new(per_row: bool, diff: &Diffusion) -> Cache {
+    pub fn new(diff: &'a Diffusion, mode: DrawMode, per_row: bool) -> Cache<'a> {
         Cache {
+            diff,
+            mode,
             p_x0: None,
             stale: None,
             per_row: per_row && !diff.time_conditioning,
@@ -56,24 +60,22 @@ impl Cache {
     }
 
     /// One [`step`]; `pin` is applied to the new x before deciding what stays reusable.
-    #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
         den: &dyn Denoiser,
-        diff: &Diffusion,
         x: &Tensor,
         t: &Tensor,
         dt: f64,
-        mode: DrawMode,
         u: &mut dyn Uniforms,
         pin: &dyn Fn(Tensor) -> Tensor,
     ) -> Tensor {
+        let diff = self.diff;
         let cached = if self.per_row {
-            Some(self.refresh_rows(den, diff, x, t))
+            Some(self.refresh_rows(den, x, t))
         } else {
             self.p_x0.take()
         };
-        let (p_x0, x_next) = step(den, diff, x, t, dt, cached, mode, u);
+        let (p_x0, x_next) = step(den, diff, x, t, dt, cached, self.mode, u);
         let x_next = pin(x_next);
         if self.per_row {
             self.stale = Some(x_next.ne_tensor(x).any_dim(1, false));
@@ -86,14 +88,8 @@ impl Cache {
     }
 
     /// p(x0 | xt) with a fresh pass for the rows whose x changed since the cached output.
-    fn refresh_rows(
-        &mut self,
-        den: &dyn Denoiser,
-        diff: &Diffusion,
-        x: &Tensor,
-        t: &Tensor,
-    ) -> Tensor {
-        let sigma = diff.noise.total(t).reshape([-1]); // [B]
+    fn refresh_rows(&mut self, den: &dyn Denoiser, x: &Tensor, t: &Tensor) -> Tensor {
+        let sigma = self.diff.noise.total(t).reshape([-1]); // [B]
         match (self.p_x0.take(), self.stale.take()) {
             (Some(p), Some(rows)) => {
                 let idx = rows.nonzero().squeeze_dim(1);

@@ -332,17 +332,14 @@ fn run_grid(den: &dyn Denoiser, spec: &SampleSpec, walk: &mut Reverse, mut x: Te
     let timesteps = Tensor::linspace(1.0, spec.eps, spec.steps + 1, (Kind::Float, device));
     let dt = (1.0 - spec.eps) / spec.steps as f64;
     let ones = Tensor::ones([spec.batch, 1], (Kind::Float, device));
-    let mut cache = ddpm_cache::Cache::new(spec.cache_rows, diff);
+    let mut cache = ddpm_cache::Cache::new(diff, spec.draws, spec.cache_rows);
     for i in 0..spec.steps {
         let t = timesteps.get(i) * &ones;
         x = match spec.predictor {
             Predictor::Ddpm => {
                 (walk.pin)(ddpm::step(den, diff, &x, &t, dt, spec.draws, walk.uniforms))
             }
-            Predictor::DdpmCache => {
-                let u = &mut *walk.uniforms;
-                cache.step(den, diff, &x, &t, dt, spec.draws, u, walk.pin)
-            }
+            Predictor::DdpmCache => cache.step(den, &x, &t, dt, walk.uniforms, walk.pin),
             Predictor::Analytic => {
                 (walk.pin)(analytic::step(den, diff, &x, &t, dt, walk.uniforms).x_next)
             }

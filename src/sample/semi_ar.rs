@@ -155,22 +155,13 @@ fn denoise_window(
     let ones = Tensor::ones([spec.batch], (Kind::Float, x.device()));
     // Same reuse rule as the reference: p_x0 is valid while x is unchanged and the network
     // ignores the time.
-    let mut cache = Cache::new(false, diff);
+    let mut cache = Cache::new(diff, DrawMode::Reference, false);
     let mut changed = 0;
     for i in 0..=num_steps {
         // t is [B]; the last step has t = 0, so the mask column weight t - dt is negative and
         // every remaining mask is filled.
         let t = &ones * (1.0 - i as f64 * spec.dt);
-        x = cache.step(
-            den,
-            diff,
-            &x,
-            &t,
-            spec.dt,
-            DrawMode::Reference,
-            uniforms,
-            pin,
-        );
+        x = cache.step(den, &x, &t, spec.dt, uniforms, pin);
         if !cache.is_kept() {
             changed += 1;
         }
