@@ -108,7 +108,15 @@ fn main() {
         let t = Tensor::full([s.batch, 1], 0.5, (Kind::Float, device));
         let mut u = TorchUniforms { kind: Kind::Double };
         let one = time(device, warmup, iters, || {
-            let _ = sample::ddpm::step(&den, &diff, &xt, &t, 1.0 / 128.0, &mut u);
+            let _ = sample::ddpm::step(
+                &den,
+                &diff,
+                &xt,
+                &t,
+                1.0 / 128.0,
+                DrawMode::Reference,
+                &mut u,
+            );
         });
         println!("{:<6} ddpm sampling step: {:.1} ms", s.name, one * 1e3);
         let _ = dit.forward(&xt, &Tensor::zeros([s.batch], (Kind::Float, device)), false);

@@ -12,6 +12,7 @@ use common::{sync, time};
 use mdlm::backbone::{Dit, DitConfig};
 
 use mdlm::sample::categorical::TorchUniforms;
+use mdlm::sample::ddpm::DrawMode;
 use mdlm::sample::semi_ar::{self, SemiArSpec};
 use mdlm::sample::{ModelDenoiser, analytic, ddpm, ddpm_cache};
 use std::time::Instant;
@@ -66,14 +67,23 @@ fn main() {
         let _ = tch::no_grad(|| diff.forward(&dit, &xt, &t.reshape([-1]), false));
     });
     let ddpm_step = time(device, warmup, iters, || {
-        let _ = ddpm::step(&den, &diff, &xt, &t, dt, &mut u);
+        let _ = ddpm::step(&den, &diff, &xt, &t, dt, DrawMode::Reference, &mut u);
     });
     let cache_miss = time(device, warmup, iters, || {
-        let _ = ddpm_cache::step(&den, &diff, &xt, &t, dt, None, &mut u);
+        let _ = ddpm_cache::step(&den, &diff, &xt, &t, dt, None, DrawMode::Reference, &mut u);
     });
-    let (p_x0, _) = ddpm_cache::step(&den, &diff, &xt, &t, dt, None, &mut u);
+    let (p_x0, _) = ddpm_cache::step(&den, &diff, &xt, &t, dt, None, DrawMode::Reference, &mut u);
     let cache_hit = time(device, warmup, iters, || {
-        let _ = ddpm_cache::step(&den, &diff, &xt, &t, dt, Some(p_x0.shallow_clone()), &mut u);
+        let _ = ddpm_cache::step(
+            &den,
+            &diff,
+            &xt,
+            &t,
+            dt,
+            Some(p_x0.shallow_clone()),
+            DrawMode::Reference,
+            &mut u,
+        );
     });
     let analytic_step = time(device, warmup, iters, || {
         let _ = analytic::step(&den, &diff, &xt, &t, dt, &mut u);

@@ -4,15 +4,16 @@
 use super::setup::{self, Run};
 use crate::config::{self, Config};
 use crate::data::Tokenizer;
-use crate::model::Net;
+use crate::diffusion::Diffusion;
+use crate::model::{Model, Net};
 use crate::sample::ar::{ArSampleSpec, ArSampler, TorchGumbel, sample_ar};
 use crate::sample::categorical::TorchUniforms;
-use crate::sample::ddpm::DrawMode;
 use crate::sample::semi_ar::{SemiArSpec, sample_semi_ar};
-use crate::sample::{self, ConfidenceRule, Denoiser, Held, ModelDenoiser, Predictor, SampleSpec};
+use crate::sample::{self, Denoiser, Held, ModelDenoiser, SampleSpec};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -33,6 +34,26 @@ struct Drawn {
     seconds: f64,
 }
 
+/// Every batch, with the sampler as the output files name it and its step count.
+struct Sampled {
+    batches: Vec<Drawn>,
+    steps: usize,
+    what: String,
+}
+
+/// What `sampling.*` and the loader ask for, resolved before anything is drawn.
+struct Plan {
+    batch: i64,
+    length: i64,
+    n_batches: usize,
+    /// Samples kept: `sampling.num_samples`, or every row of every batch.
+    wanted: usize,
+    /// Of the Gumbel noise.
+    kind: Kind,
+    held: Option<Held>,
+    device: Device,
+}
+
 pub fn run(cfg: Config) -> Result<SampleReport> {
     let Run {
         cfg,
@@ -40,37 +61,14 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
         run_dir,
     } = setup::start(cfg)?;
     let tokenizer = crate::data::tokenizer_by_name(&cfg.data.tokenizer_name_or_path)?;
-    let s = &cfg.sampling;
-    if !(s.top_p > 0.0 && s.top_p <= 1.0) {
-        bail!("sampling.top_p={} must be in (0, 1]", s.top_p);
-    }
-    if !(s.temperature > 0.0 && s.temperature.is_finite()) {
-        bail!("sampling.temperature={} must be positive", s.temperature);
-    }
+    check_filter(&cfg.sampling)?;
     let setup::EvalModel {
         model,
         diffusion,
         source,
     } = setup::eval_model(&cfg, tokenizer.as_ref(), device)?;
-    let batch = cfg
-        .loader
-        .eval_batch_size
-        .context("loader.eval_batch_size unresolved")? as i64;
-    let length = cfg.model.length as i64;
-    // `sampling.num_samples` is the convenient spelling of num_sample_batches x eval batch.
-    let n_batches = match s.num_samples {
-        Some(0) => bail!("sampling.num_samples=0: nothing to sample"),
-        Some(n) => n.div_ceil(batch as usize),
-        None => s.num_sample_batches,
-    };
-    let wanted = s.num_samples.unwrap_or(n_batches * batch as usize);
-    // float64 Gumbel noise unless the user asks for the reference's float32 draws.
-    let kind = if s.float64_gumbel {
-        Kind::Double
-    } else {
-        Kind::Float
-    };
-    let held = held_tokens(&cfg, tokenizer.as_ref(), batch, length, device)?;
+    let plan = Plan::new(&cfg, tokenizer.as_ref(), device)?;
+    // Fetched before sampling: a failed download must cost no samples.
     let evaluator = if cfg.eval.compute_generative_perplexity {
         Some(crate::eval::gen_ppl::fetch_evaluator(
             &cfg.eval.gen_ppl_eval_model_name_or_path,
@@ -78,196 +76,325 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
     } else {
         None
     };
+    let sampled = draw_batches(&cfg, &model, &diffusion, tokenizer.as_ref(), &plan)?;
+    let files = SampleFiles::in_dir(&run_dir);
+    let (texts, tokens) = files.write(&sampled, tokenizer.as_ref(), plan.wanted)?;
+    report(&cfg, &sampled, &texts, &source, &files, plan.length);
+    let gen_ppl = match &evaluator {
+        Some(dir) => Some(score(&cfg, dir, &texts, &sampled, &run_dir, device)?),
+        None => None,
+    };
+    Ok(SampleReport {
+        texts,
+        tokens,
+        forward_calls: sampled.batches.iter().map(|d| d.calls).sum(),
+        seconds: sampled.batches.iter().map(|d| d.seconds).sum(),
+        gen_ppl,
+    })
+}
 
-    let bar = progress(n_batches);
-    // Ticks per step of the predictor's schedule; the bar's length is set once the spec is known.
-    let mut drawn: Vec<Drawn> = Vec::new();
-    let (steps, what) = match &model.net {
-        Net::Dit(_) | Net::DiMamba(_) => {
-            let den = ModelDenoiser::new(model.backbone(), &diffusion);
-            let mut uniforms = TorchUniforms { kind };
-            if s.semi_ar {
-                if held.is_some() {
-                    bail!(
-                        "sampling.prefix / sampling.suffix do not combine with sampling.semi_ar=true"
-                    );
-                }
-                // The reference's semi-autoregressive generation: ddpm_cache steps of size
-                // 1/sampling.steps per stride, whatever sampling.predictor says.
-                let spec = SemiArSpec {
-                    batch,
-                    length,
-                    stride_length: s.stride_length as i64,
-                    num_strides: s.num_strides as i64,
-                    dt: 1.0 / s.steps as f64,
-                };
-                for _ in 0..n_batches {
-                    let (start, calls) = (Instant::now(), den.calls());
-                    let tokens =
-                        sample_semi_ar(&den, &diffusion, &spec, device, &mut uniforms)?.tokens;
-                    drawn.push(finish(tokens, den.calls() - calls, start, Some(&bar)));
-                }
-                let what = format!(
-                    "semi_ar (ddpm_cache, {} strides of {} tokens, dt 1/{})",
-                    spec.num_strides + 1,
-                    spec.stride_length,
-                    s.steps
-                );
-                (s.steps, what)
+fn check_filter(s: &config::Sampling) -> Result<()> {
+    if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+        bail!("sampling.top_p={} must be in (0, 1]", s.top_p);
+    }
+    if !(s.temperature > 0.0 && s.temperature.is_finite()) {
+        bail!("sampling.temperature={} must be positive", s.temperature);
+    }
+    Ok(())
+}
+
+impl Plan {
+    fn new(cfg: &Config, tokenizer: &dyn Tokenizer, device: Device) -> Result<Plan> {
+        let s = &cfg.sampling;
+        let batch = cfg
+            .loader
+            .eval_batch_size
+            .context("loader.eval_batch_size unresolved")? as i64;
+        let length = cfg.model.length as i64;
+        // `sampling.num_samples` is the convenient spelling of num_sample_batches x eval batch.
+        let n_batches = match s.num_samples {
+            Some(0) => bail!("sampling.num_samples=0: nothing to sample"),
+            Some(n) => n.div_ceil(batch as usize),
+            None => s.num_sample_batches,
+        };
+        Ok(Plan {
+            batch,
+            length,
+            n_batches,
+            wanted: s.num_samples.unwrap_or(n_batches * batch as usize),
+            // float64 Gumbel noise unless the user asks for the reference's float32 draws.
+            kind: if s.float64_gumbel {
+                Kind::Double
             } else {
-                let predictor = match s.predictor {
-                    config::Predictor::Ddpm => Predictor::Ddpm,
-                    config::Predictor::DdpmCache => Predictor::DdpmCache,
-                    config::Predictor::Analytic => Predictor::Analytic,
-                    config::Predictor::FirstHitting => Predictor::FirstHitting,
-                    config::Predictor::Confidence => Predictor::Confidence,
-                };
-                let spec = SampleSpec {
-                    predictor,
-                    steps: s.steps as i64,
-                    eps: 1e-5,
-                    noise_removal: s.noise_removal,
-                    batch,
-                    length,
-                    // The sparse draw goes with our float64 default; `float64_gumbel=false`
-                    // replays the reference's draws exactly.
-                    draws: if s.float64_gumbel {
-                        DrawMode::Sparse
-                    } else {
-                        DrawMode::Reference
-                    },
-                    temperature: s.temperature,
-                    top_p: s.top_p,
-                    confidence: match s.confidence_threshold {
-                        Some(t) => ConfidenceRule::Threshold(t),
-                        None => ConfidenceRule::Schedule,
-                    },
-                    held: held.clone(),
-                    // `float64_gumbel=false` replays the reference exactly, batch-wide cache
-                    // included.
-                    cache_rows: s.cache_rows && s.float64_gumbel,
-                };
-                bar.set_length(n_batches as u64 * sample::observed_steps(&spec));
-                for _ in 0..n_batches {
-                    let (start, calls) = (Instant::now(), den.calls());
-                    let tokens = sample::sample_observed(
-                        &den,
-                        &diffusion,
-                        &spec,
-                        device,
-                        &mut uniforms,
-                        false,
-                        &mut || bar.inc(1),
-                    )?
-                    .tokens;
-                    drawn.push(finish(tokens, den.calls() - calls, start, None));
-                }
-                (s.steps, sampler_name(s))
+                Kind::Float
+            },
+            held: held_tokens(cfg, tokenizer, batch, length, device)?,
+            device,
+        })
+    }
+}
+
+/// Every batch from the sampler the model and `sampling.*` call for; the progress bar ticks per
+/// step where the sampler reports steps, else per batch.
+fn draw_batches(
+    cfg: &Config,
+    model: &Model,
+    diffusion: &Diffusion,
+    tokenizer: &dyn Tokenizer,
+    plan: &Plan,
+) -> Result<Sampled> {
+    let bar = progress(plan.n_batches);
+    let sampled = match &model.net {
+        Net::Dit(_) | Net::DiMamba(_) => {
+            let draws = DiffusionDraws {
+                s: &cfg.sampling,
+                den: ModelDenoiser::new(model.backbone(), diffusion),
+                diffusion,
+                plan,
+                bar: &bar,
+            };
+            if cfg.sampling.semi_ar {
+                draws.semi_ar()
+            } else {
+                draws.reverse()
             }
         }
         Net::Ar(ar) => {
-            if held.is_some() {
+            if plan.held.is_some() {
                 bail!("sampling.prefix / sampling.suffix are for the diffusion samplers");
             }
             let spec = ArSampleSpec {
-                batch,
-                length,
+                batch: plan.batch,
+                length: plan.length,
                 bos: tokenizer.bos_id() as i64,
                 mask_index: diffusion.mask_index,
             };
-            let mut gumbel = TorchGumbel { kind };
-            for _ in 0..n_batches {
-                let start = Instant::now();
-                let out = sample_ar(ar, &spec, ArSampler::Cached, device, &mut gumbel, false);
-                drawn.push(finish(out.tokens, out.forward_calls, start, Some(&bar)));
-            }
-            (length as usize, "ar (KV cache)".to_string())
-        }
-    };
-    bar.finish_and_clear();
-    let seconds: f64 = drawn.iter().map(|d| d.seconds).sum();
-    let forward_calls: usize = drawn.iter().map(|d| d.calls).sum();
-
-    let path = run_dir.join("samples.jsonl");
-    let text_path = run_dir.join("samples.txt");
-    let mut out =
-        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    let mut readable = std::fs::File::create(&text_path)
-        .with_context(|| format!("creating {}", text_path.display()))?;
-    let mut texts = Vec::new();
-    let mut all_tokens = Vec::new();
-    'batches: for (b, d) in drawn.iter().enumerate() {
-        let rows: Vec<Vec<i64>> = Vec::<Vec<i64>>::try_from(d.tokens.to_device(Device::Cpu))?;
-        for (i, row) in rows.iter().enumerate() {
-            if texts.len() == wanted {
-                break 'batches;
-            }
-            let ids: Vec<u32> = row.iter().map(|&t| t as u32).collect();
-            let text = tokenizer.decode(&ids)?;
-            writeln!(
-                out,
-                "{}",
-                json!({
-                    "index": texts.len(), "batch": b, "row": i, "text": text, "tokens": row,
-                    "sampler": what, "steps": steps,
-                    // Per batch: the denoiser's cost is shared by the rows drawn together.
-                    "batch_denoiser_calls": d.calls, "batch_seconds": d.seconds,
+            let mut gumbel = TorchGumbel { kind: plan.kind };
+            let batches = (0..plan.n_batches)
+                .map(|_| {
+                    let start = Instant::now();
+                    let out = sample_ar(
+                        ar,
+                        &spec,
+                        ArSampler::Cached,
+                        plan.device,
+                        &mut gumbel,
+                        false,
+                    );
+                    finish(out.tokens, out.forward_calls, start, Some(&bar))
                 })
+                .collect();
+            Ok(Sampled {
+                batches,
+                steps: plan.length as usize,
+                what: "ar (KV cache)".to_string(),
+            })
+        }
+    }?;
+    bar.finish_and_clear();
+    Ok(sampled)
+}
+
+/// A diffusion model (DiT or DiMamba) and what its samplers read.
+struct DiffusionDraws<'a> {
+    s: &'a config::Sampling,
+    den: ModelDenoiser<'a>,
+    diffusion: &'a Diffusion,
+    plan: &'a Plan,
+    bar: &'a indicatif::ProgressBar,
+}
+
+impl DiffusionDraws<'_> {
+    /// The reference's semi-autoregressive generation: ddpm_cache steps of size 1/sampling.steps
+    /// per stride, whatever sampling.predictor says.
+    fn semi_ar(&self) -> Result<Sampled> {
+        let (s, den, plan) = (self.s, &self.den, self.plan);
+        if plan.held.is_some() {
+            bail!("sampling.prefix / sampling.suffix do not combine with sampling.semi_ar=true");
+        }
+        let spec = SemiArSpec {
+            batch: plan.batch,
+            length: plan.length,
+            stride_length: s.stride_length as i64,
+            num_strides: s.num_strides as i64,
+            dt: 1.0 / s.steps as f64,
+        };
+        let mut uniforms = TorchUniforms { kind: plan.kind };
+        let mut batches = Vec::new();
+        for _ in 0..plan.n_batches {
+            let (start, calls) = (Instant::now(), den.calls());
+            let out = sample_semi_ar(den, self.diffusion, &spec, plan.device, &mut uniforms)?;
+            batches.push(finish(
+                out.tokens,
+                den.calls() - calls,
+                start,
+                Some(self.bar),
+            ));
+        }
+        let what = format!(
+            "semi_ar (ddpm_cache, {} strides of {} tokens, dt 1/{})",
+            spec.num_strides + 1,
+            spec.stride_length,
+            s.steps
+        );
+        Ok(Sampled {
+            batches,
+            steps: s.steps,
+            what,
+        })
+    }
+
+    /// The reverse-process samplers (`sampling.predictor`), ticking the bar once per step.
+    fn reverse(&self) -> Result<Sampled> {
+        let (s, den, plan) = (self.s, &self.den, self.plan);
+        let spec = SampleSpec::from_config(s, plan.batch, plan.length, plan.held.clone());
+        self.bar
+            .set_length(plan.n_batches as u64 * sample::observed_steps(&spec));
+        let mut uniforms = TorchUniforms { kind: plan.kind };
+        let mut batches = Vec::new();
+        for _ in 0..plan.n_batches {
+            let (start, calls) = (Instant::now(), den.calls());
+            let out = sample::sample_observed(
+                den,
+                self.diffusion,
+                &spec,
+                plan.device,
+                &mut uniforms,
+                false,
+                &mut || self.bar.inc(1),
             )?;
-            writeln!(
-                readable,
-                "=== sample {} ({what}) ===\n{text}\n",
-                texts.len()
-            )?;
-            texts.push(text);
-            all_tokens.push(ids);
+            batches.push(finish(out.tokens, den.calls() - calls, start, None));
+        }
+        Ok(Sampled {
+            batches,
+            steps: s.steps,
+            what: sampler_name(s),
+        })
+    }
+}
+
+/// Where the samples go: `samples.jsonl` (one JSON object per sample) and `samples.txt`.
+struct SampleFiles {
+    jsonl: PathBuf,
+    text: PathBuf,
+}
+
+impl SampleFiles {
+    fn in_dir(run_dir: &Path) -> SampleFiles {
+        SampleFiles {
+            jsonl: run_dir.join("samples.jsonl"),
+            text: run_dir.join("samples.txt"),
         }
     }
+
+    /// Decodes and writes the first `wanted` rows; returns their texts and token ids.
+    fn write(
+        &self,
+        sampled: &Sampled,
+        tokenizer: &dyn Tokenizer,
+        wanted: usize,
+    ) -> Result<(Vec<String>, Vec<Vec<u32>>)> {
+        let create = |p: &Path| {
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))
+        };
+        let (mut out, mut readable) = (create(&self.jsonl)?, create(&self.text)?);
+        let what = &sampled.what;
+        let mut texts = Vec::new();
+        let mut all_tokens = Vec::new();
+        'batches: for (b, d) in sampled.batches.iter().enumerate() {
+            let rows: Vec<Vec<i64>> = Vec::<Vec<i64>>::try_from(d.tokens.to_device(Device::Cpu))?;
+            for (i, row) in rows.iter().enumerate() {
+                if texts.len() == wanted {
+                    break 'batches;
+                }
+                let ids: Vec<u32> = row.iter().map(|&t| t as u32).collect();
+                let text = tokenizer.decode(&ids)?;
+                writeln!(
+                    out,
+                    "{}",
+                    json!({
+                        "index": texts.len(), "batch": b, "row": i, "text": text, "tokens": row,
+                        "sampler": what, "steps": sampled.steps,
+                        // Per batch: the denoiser's cost is shared by the rows drawn together.
+                        "batch_denoiser_calls": d.calls, "batch_seconds": d.seconds,
+                    })
+                )?;
+                writeln!(
+                    readable,
+                    "=== sample {} ({what}) ===\n{text}\n",
+                    texts.len()
+                )?;
+                texts.push(text);
+                all_tokens.push(ids);
+            }
+        }
+        Ok((texts, all_tokens))
+    }
+}
+
+/// Prints the first `sampling.num_sample_log` samples and what sampling cost.
+fn report(
+    cfg: &Config,
+    sampled: &Sampled,
+    texts: &[String],
+    source: &str,
+    files: &SampleFiles,
+    length: i64,
+) {
+    let s = &cfg.sampling;
     for (i, t) in texts.iter().take(s.num_sample_log).enumerate() {
         println!("--- sample {i} ---\n{t}");
     }
+    let seconds: f64 = sampled.batches.iter().map(|d| d.seconds).sum();
+    let forward_calls: usize = sampled.batches.iter().map(|d| d.calls).sum();
+    let (what, steps) = (&sampled.what, sampled.steps);
     println!(
         "{} samples of {} tokens from {source} with {what}, {steps} steps: {seconds:.2} s ({:.3} s per sample), {forward_calls} denoiser calls ({} gumbel); written to {} and {}",
         texts.len(),
-        drawn.first().map_or(length, |d| d.tokens.size()[1]),
+        sampled
+            .batches
+            .first()
+            .map_or(length, |d| d.tokens.size()[1]),
         seconds / texts.len().max(1) as f64,
         if s.float64_gumbel {
             "float64"
         } else {
             "float32, as the reference"
         },
-        path.display(),
-        text_path.display()
+        files.jsonl.display(),
+        files.text.display()
     );
-    let mut gen_ppl = None;
-    if let Some(dir) = &evaluator {
-        let name = &cfg.eval.gen_ppl_eval_model_name_or_path;
-        let r = crate::eval::gen_ppl::evaluate(
-            dir,
-            &texts,
-            cfg.model.length,
-            cfg.eval.perplexity_batch_size,
-            device,
-        )?;
-        println!(
-            "gen ppl {:.3} under {name} ({} samples scored) | mean unigram entropy {:.3} nats",
-            r.gen_ppl, r.samples_scored, r.unigram_entropy
-        );
-        gen_ppl = Some(r.gen_ppl);
-        let metrics = run_dir.join("metrics.jsonl");
-        std::fs::write(
-            &metrics,
-            format!("{}\n", json!({"gen_ppl": r.gen_ppl, "evaluator": name, "samples_scored": r.samples_scored, "unigram_entropy": r.unigram_entropy, "sampler": what, "steps": steps})),
-        )
-        .with_context(|| format!("writing {}", metrics.display()))?;
-    }
-    Ok(SampleReport {
+}
+
+/// Generative perplexity of the samples under the evaluator in `dir`; printed and written to
+/// `metrics.jsonl`.
+fn score(
+    cfg: &Config,
+    dir: &Path,
+    texts: &[String],
+    sampled: &Sampled,
+    run_dir: &Path,
+    device: Device,
+) -> Result<f64> {
+    let name = &cfg.eval.gen_ppl_eval_model_name_or_path;
+    let r = crate::eval::gen_ppl::evaluate(
+        dir,
         texts,
-        tokens: all_tokens,
-        forward_calls,
-        seconds,
-        gen_ppl,
-    })
+        cfg.model.length,
+        cfg.eval.perplexity_batch_size,
+        device,
+    )?;
+    println!(
+        "gen ppl {:.3} under {name} ({} samples scored) | mean unigram entropy {:.3} nats",
+        r.gen_ppl, r.samples_scored, r.unigram_entropy
+    );
+    let metrics = run_dir.join("metrics.jsonl");
+    std::fs::write(
+        &metrics,
+        format!("{}\n", json!({"gen_ppl": r.gen_ppl, "evaluator": name, "samples_scored": r.samples_scored, "unigram_entropy": r.unigram_entropy, "sampler": sampled.what, "steps": sampled.steps})),
+    )
+    .with_context(|| format!("writing {}", metrics.display()))?;
+    Ok(r.gen_ppl)
 }
 
 /// `bar` ticks once per batch (samplers without per-step ticks).

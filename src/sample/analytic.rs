@@ -11,11 +11,11 @@ use super::categorical::{self, Uniforms};
 use crate::diffusion::{Diffusion, Parameterization, subs::NEG_INFINITY};
 use tch::{Kind, Tensor};
 
-/// Everything one analytic step computes, for inspection (parity tests); [`step`] keeps `x_next`.
+/// Everything an analytic update computes, for inspection (parity tests); samplers keep `x_next`.
 pub struct AnalyticStep {
     /// sigma(t), `[B, 1]` like `t`.
     pub curr_sigma: Tensor,
-    /// sigma(t - dt), `[B, 1]`.
+    /// sigma(t - dt), `[B, 1]`; zero for the denoiser step.
     pub next_sigma: Tensor,
     /// `curr_sigma - next_sigma`, `[B, 1]`.
     pub dsigma: Tensor,
@@ -37,50 +37,10 @@ pub fn step(
     t: &Tensor,
     dt: f64,
     u: &mut dyn Uniforms,
-) -> Tensor {
-    step_parts(den, diff, x, t, dt, u).x_next
-}
-
-pub fn step_parts(
-    den: &dyn Denoiser,
-    diff: &Diffusion,
-    x: &Tensor,
-    t: &Tensor,
-    dt: f64,
-    u: &mut dyn Uniforms,
 ) -> AnalyticStep {
     let curr_sigma = diff.noise.total(t);
     let next_sigma = diff.noise.total(&(t - dt));
-    let dsigma = &curr_sigma - &next_sigma;
-    let (model_output, score) = score(den, diff, x, &curr_sigma);
-    let stag_score = staggered(&score, &dsigma, diff.mask_index);
-    let transition = transition(x, &dsigma, diff.vocab_size, diff.mask_index);
-    let probs = &stag_score * &transition;
-    let x_next = categorical::sample(&probs, u);
-    AnalyticStep {
-        curr_sigma,
-        next_sigma,
-        dsigma,
-        model_output,
-        score,
-        stag_score,
-        transition,
-        probs,
-        x_next,
-    }
-}
-
-/// Everything the denoiser step computes; [`denoise`] keeps `x_next`.
-pub struct DenoiserStep {
-    /// sigma(t), `[B, 1]`.
-    pub sigma: Tensor,
-    pub model_output: Tensor,
-    pub score: Tensor,
-    pub stag_score: Tensor,
-    pub transition: Tensor,
-    /// With the mask column zeroed, so no position stays masked.
-    pub probs: Tensor,
-    pub x_next: Tensor,
+    update(den, diff, x, curr_sigma, next_sigma, false, u)
 }
 
 /// The last step of an analytic run (reference: `_denoiser_update`): as a step all the way from
@@ -91,25 +51,38 @@ pub fn denoise(
     x: &Tensor,
     t: &Tensor,
     u: &mut dyn Uniforms,
-) -> Tensor {
-    denoise_parts(den, diff, x, t, u).x_next
+) -> AnalyticStep {
+    let sigma = diff.noise.total(t);
+    let zero = sigma.zeros_like();
+    update(den, diff, x, sigma, zero, true, u)
 }
 
-pub fn denoise_parts(
+/// From `curr_sigma` to `next_sigma`; `final_step` zeroes the mask column so that no position
+/// stays masked.
+fn update(
     den: &dyn Denoiser,
     diff: &Diffusion,
     x: &Tensor,
-    t: &Tensor,
+    curr_sigma: Tensor,
+    next_sigma: Tensor,
+    final_step: bool,
     u: &mut dyn Uniforms,
-) -> DenoiserStep {
-    let sigma = diff.noise.total(t);
-    let (model_output, score) = score(den, diff, x, &sigma);
-    let stag_score = staggered(&score, &sigma, diff.mask_index);
-    let transition = transition(x, &sigma, diff.vocab_size, diff.mask_index);
-    let probs = set_column(&(&stag_score * &transition), diff.mask_index, 0.0);
+) -> AnalyticStep {
+    // Exactly `curr_sigma` when `next_sigma` is zero, so the denoiser step's numbers are those
+    // of the reference's, which uses sigma itself.
+    let dsigma = &curr_sigma - &next_sigma;
+    let (model_output, score) = score(den, diff, x, &curr_sigma);
+    let stag_score = staggered(&score, &dsigma, diff.mask_index);
+    let transition = transition(x, &dsigma, diff.vocab_size, diff.mask_index);
+    let mut probs = &stag_score * &transition;
+    if final_step {
+        probs = set_column(&probs, diff.mask_index, 0.0);
+    }
     let x_next = categorical::sample(&probs, u);
-    DenoiserStep {
-        sigma,
+    AnalyticStep {
+        curr_sigma,
+        next_sigma,
+        dsigma,
         model_output,
         score,
         stag_score,
@@ -242,10 +215,10 @@ mod tests {
         let t = Tensor::full([2, 1], 0.6, (Kind::Float, tch::Device::Cpu));
         let mut u = TorchUniforms { kind: Kind::Double };
         for _ in 0..20 {
-            let next = step(&den, &diff, &x, &t, 0.1, &mut u);
+            let next = step(&den, &diff, &x, &t, 0.1, &mut u).x_next;
             let kept = x.ne(m);
             assert!(next.masked_select(&kept).equal(&x.masked_select(&kept)));
-            let done = denoise(&den, &diff, &x, &t, &mut u);
+            let done = denoise(&den, &diff, &x, &t, &mut u).x_next;
             assert_eq!(i64::try_from(done.eq(m).sum(Kind::Int64)).unwrap(), 0);
             assert!(done.masked_select(&kept).equal(&x.masked_select(&kept)));
         }

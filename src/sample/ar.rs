@@ -104,10 +104,28 @@ pub fn sample_ar(
     gumbel: &mut dyn GumbelNoise,
     keep_logprobs: bool,
 ) -> ArSampleOut {
-    match sampler {
-        ArSampler::Cached => sample_ar_cached(ar, spec, device, gumbel, keep_logprobs),
-        ArSampler::Recompute => sample_ar_recompute(ar, spec, device, gumbel, keep_logprobs),
-    }
+    tch::no_grad(|| {
+        let x = start(spec, device);
+        let mut cache = (sampler == ArSampler::Cached).then(|| ar.cache(spec.length));
+        let mut kept = Vec::new();
+        for i in 0..spec.length - 1 {
+            let last_logits = match &mut cache {
+                // Step i feeds only token i.
+                Some(cache) => ar.step(&x.narrow(1, i, 1).copy(), cache).select(1, 0),
+                // The reference's: step i runs the network on the whole prefix `x[:, :i+1]`.
+                None => ar.logits(&x.narrow(1, 0, i + 1), false).select(1, i),
+            }; // [B, V]
+            let lp = choose(&x, i, &last_logits, spec, gumbel);
+            if keep_logprobs {
+                kept.push(lp);
+            }
+        }
+        ArSampleOut {
+            tokens: x,
+            next_logprobs: (keep_logprobs && !kept.is_empty()).then(|| Tensor::stack(&kept, 1)),
+            forward_calls: (spec.length - 1) as usize,
+        }
+    })
 }
 
 /// `x [B, L]` zeros with BOS in column 0.
@@ -118,73 +136,18 @@ fn start(spec: &ArSampleSpec, device: Device) -> Tensor {
 }
 
 /// The Gumbel-max draw of step i from the last position's raw logits `[B, V]`; writes it into
-/// `x[:, i + 1]` and returns it `[B, 1]` with the log-probabilities `[B, V]`.
+/// `x[:, i + 1]` and returns the log-probabilities `[B, V]`.
 fn choose(
     x: &Tensor,
     i: i64,
     last_logits: &Tensor,
     spec: &ArSampleSpec,
     gumbel: &mut dyn GumbelNoise,
-) -> (Tensor, Tensor) {
+) -> Tensor {
     let lp = log_probs(last_logits, spec.mask_index); // [B, V] float32
     let g = gumbel.step(i, spec.batch, lp.size()[1], x.device());
     // In the noise's precision: float64 noise gives a float64 comparison.
     let next = (lp.to_kind(g.kind()) + g).argmax(-1, true); // [B, 1]
     x.narrow(1, i + 1, 1).copy_(&next);
-    (next, lp)
-}
-
-/// The reference's sampler: step i runs the network on the whole prefix `x[:, :i+1]`.
-pub fn sample_ar_recompute(
-    ar: &Ar,
-    spec: &ArSampleSpec,
-    device: Device,
-    gumbel: &mut dyn GumbelNoise,
-    keep_logprobs: bool,
-) -> ArSampleOut {
-    tch::no_grad(|| {
-        let x = start(spec, device);
-        let mut kept = Vec::new();
-        for i in 0..spec.length - 1 {
-            let logits = ar.logits(&x.narrow(1, 0, i + 1), false); // [B, i+1, V]
-            let (_, lp) = choose(&x, i, &logits.select(1, i), spec, gumbel);
-            if keep_logprobs {
-                kept.push(lp);
-            }
-        }
-        ArSampleOut {
-            tokens: x,
-            next_logprobs: (keep_logprobs && !kept.is_empty()).then(|| Tensor::stack(&kept, 1)),
-            forward_calls: (spec.length - 1) as usize,
-        }
-    })
-}
-
-/// The same draws with the key/value cache: step i feeds only token i.
-pub fn sample_ar_cached(
-    ar: &Ar,
-    spec: &ArSampleSpec,
-    device: Device,
-    gumbel: &mut dyn GumbelNoise,
-    keep_logprobs: bool,
-) -> ArSampleOut {
-    tch::no_grad(|| {
-        let x = start(spec, device);
-        let mut cache = ar.cache(spec.length);
-        let mut kept = Vec::new();
-        let mut token = x.narrow(1, 0, 1).copy(); // [B, 1]
-        for i in 0..spec.length - 1 {
-            let logits = ar.step(&token, &mut cache); // [B, 1, V]
-            let (next, lp) = choose(&x, i, &logits.select(1, 0), spec, gumbel);
-            token = next;
-            if keep_logprobs {
-                kept.push(lp);
-            }
-        }
-        ArSampleOut {
-            tokens: x,
-            next_logprobs: (keep_logprobs && !kept.is_empty()).then(|| Tensor::stack(&kept, 1)),
-            forward_calls: (spec.length - 1) as usize,
-        }
-    })
+    lp
 }

@@ -25,17 +25,6 @@ pub fn step(
     x: &Tensor,
     t: &Tensor,
     dt: f64,
-    u: &mut dyn Uniforms,
-) -> Tensor {
-    step_with(den, diff, x, t, dt, DrawMode::Reference, u)
-}
-
-pub fn step_with(
-    den: &dyn Denoiser,
-    diff: &Diffusion,
-    x: &Tensor,
-    t: &Tensor,
-    dt: f64,
     mode: DrawMode,
     u: &mut dyn Uniforms,
 ) -> Tensor {

@@ -9,32 +9,17 @@
 //! absorbing process at any schedule, with one denoiser call per generated token instead of one
 //! per grid step. It is ddpm's infinitely-many-steps limit without the grid.
 
-use super::Denoiser;
-use super::categorical::{self, Uniforms};
-use crate::diffusion::Diffusion;
+use super::categorical;
+use super::{Denoiser, Reverse, prior_move_chance, sigma_of_move_chance};
 use anyhow::ensure;
 use tch::{Kind, Tensor};
 
-/// Fills every mask of `x [B, L]` (rows unmask in parallel, one position per call each). `pin`
-/// is applied after every update (held positions); `on_step` sees x after each one.
-pub fn run(
-    den: &dyn Denoiser,
-    diff: &Diffusion,
-    mut x: Tensor,
-    pin: &dyn Fn(Tensor) -> Tensor,
-    u: &mut dyn Uniforms,
-    on_step: &mut dyn FnMut(&Tensor),
-) -> anyhow::Result<Tensor> {
-    let m = diff.mask_index;
+/// Fills every mask of `x [B, L]` (rows unmask in parallel, one position per call each).
+pub fn run(den: &dyn Denoiser, walk: &mut Reverse, mut x: Tensor) -> anyhow::Result<Tensor> {
+    let m = walk.diff.mask_index;
     let (b, _l) = x.size2()?;
     let device = x.device();
-    // The all-mask prior lives at t = 1; float64 so that a large sigma(1) does not round the
-    // move chance to 1 (and the next sigma to infinity).
-    let sigma_1 = diff
-        .noise
-        .total(&Tensor::ones([b], (Kind::Float, device)))
-        .to_kind(Kind::Double);
-    let mut mc = sigma_1.neg().expm1().neg(); // [B]
+    let mut mc = prior_move_chance(walk.diff, b, device); // [B]
     let most = x.eq(m).sum_dim_intlist(-1, false, Kind::Int64).max();
     // Each pass unmasks one position of every unfinished row, so `most` passes finish them all;
     // the bound also stops a degenerate denoiser from looping forever.
@@ -45,22 +30,22 @@ pub fn run(
         if active.any().int64_value(&[]) == 0 {
             break;
         }
-        let u_time = u.next(&[b], device).to_kind(Kind::Double);
+        let u_time = walk.uniforms.next(&[b], device).to_kind(Kind::Double);
         let inv_n = n.to_kind(Kind::Double).clamp_min(1.0).reciprocal();
         mc = (&mc * u_time.pow(&inv_n)).where_self(&active, &mc);
-        let sigma = mc.neg().log1p().neg().to_kind(Kind::Float); // [B]
+        let sigma = sigma_of_move_chance(&mc); // [B]
         let p_x0 = den.log_probs(&x, &sigma).exp(); // [B, L, V]
         let v = p_x0.size()[2];
         // Gumbel-max over a 0/1 row: uniform among the masked positions.
-        let pos = categorical::sample(&masked.to_kind(Kind::Double), u); // [B]
+        let pos = categorical::sample(&masked.to_kind(Kind::Double), walk.uniforms); // [B]
         let rows = p_x0
             .gather(1, &pos.view([b, 1, 1]).expand([b, 1, v], false), false)
             .squeeze_dim(1); // [B, V]
         let rows = rows.index_fill(1, &Tensor::from(m).to_device(device), 0.0);
-        let token = categorical::sample(&rows, u); // [B]
+        let token = categorical::sample(&rows, walk.uniforms); // [B]
         let next = x.scatter(1, &pos.view([b, 1]), &token.view([b, 1]));
-        x = pin(next.where_self(&active.unsqueeze(1), &x));
-        on_step(&x);
+        x = (walk.pin)(next.where_self(&active.unsqueeze(1), &x));
+        (walk.on_step)(&x);
     }
     ensure!(
         x.eq(m).any().int64_value(&[]) == 0,

@@ -9,12 +9,15 @@ pub mod ddpm;
 pub mod ddpm_cache;
 pub mod filter;
 pub mod first_hitting;
+mod held;
 pub mod semi_ar;
 
 use crate::backbone::Backbone;
-use crate::diffusion::Diffusion;
+use crate::config;
+use crate::diffusion::{Diffusion, Noise};
 use categorical::Uniforms;
 use filter::{Filter, Filtered};
+pub use held::Held;
 use std::cell::Cell;
 use tch::{Device, Kind, Tensor};
 
@@ -72,6 +75,18 @@ pub enum Predictor {
     Confidence,
 }
 
+impl From<config::Predictor> for Predictor {
+    fn from(p: config::Predictor) -> Predictor {
+        match p {
+            config::Predictor::Ddpm => Predictor::Ddpm,
+            config::Predictor::DdpmCache => Predictor::DdpmCache,
+            config::Predictor::Analytic => Predictor::Analytic,
+            config::Predictor::FirstHitting => Predictor::FirstHitting,
+            config::Predictor::Confidence => Predictor::Confidence,
+        }
+    }
+}
+
 /// How many masked positions a [`Predictor::Confidence`] step unmasks.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ConfidenceRule {
@@ -82,94 +97,6 @@ pub enum ConfidenceRule {
     /// at least the value, and at least the most confident one per row; the last step unmasks
     /// all that remain.
     Threshold(f64),
-}
-
-/// Positions fixed during sampling: a prompt (prefix), a suffix, or any positions to infill
-/// around. No sampler changes a held position.
-#[derive(Debug)]
-pub struct Held {
-    /// `[B, L]` int64; read only where `held` is true.
-    pub tokens: Tensor,
-    /// `[B, L]` bool: positions fixed to `tokens`.
-    pub held: Tensor,
-}
-
-impl Clone for Held {
-    fn clone(&self) -> Held {
-        Held {
-            tokens: self.tokens.shallow_clone(),
-            held: self.held.shallow_clone(),
-        }
-    }
-}
-
-impl Held {
-    /// The first `prefix.size()[1]` positions of every row held to `prefix [B, P]`, in rows of
-    /// `length`.
-    pub fn prefix(prefix: &Tensor, length: i64) -> Held {
-        let (b, p) = prefix.size2().expect("prefix is [B, P]");
-        assert!(
-            p <= length,
-            "a prefix of {p} tokens does not fit length {length}"
-        );
-        let opts = (Kind::Int64, prefix.device());
-        let tokens = Tensor::cat(
-            &[
-                prefix.to_kind(Kind::Int64),
-                Tensor::zeros([b, length - p], opts),
-            ],
-            1,
-        );
-        let held = Tensor::arange(length, opts)
-            .lt(p)
-            .unsqueeze(0)
-            .expand([b, length], false);
-        Held {
-            tokens,
-            held: held.contiguous(),
-        }
-    }
-
-    /// `x` with every held position set to its token.
-    pub fn apply(&self, x: &Tensor) -> Tensor {
-        self.tokens.where_self(&self.held, x)
-    }
-
-    fn to_device(&self, device: Device) -> Held {
-        Held {
-            tokens: self.tokens.to_device(device).to_kind(Kind::Int64),
-            held: self.held.to_device(device).to_kind(Kind::Bool),
-        }
-    }
-
-    fn validate(&self, batch: i64, length: i64, diff: &Diffusion) -> anyhow::Result<()> {
-        for (name, t) in [("tokens", &self.tokens), ("held", &self.held)] {
-            if t.size() != [batch, length] {
-                anyhow::bail!(
-                    "held.{name} has shape {:?}; sampling needs [batch, length] = [{batch}, {length}]",
-                    t.size()
-                );
-            }
-        }
-        let held = self.held.to_kind(Kind::Bool);
-        let tokens = self.tokens.masked_select(&held);
-        if tokens.numel() > 0 {
-            let (lo, hi) = (tokens.min().int64_value(&[]), tokens.max().int64_value(&[]));
-            if lo < 0 || hi >= diff.vocab_size {
-                anyhow::bail!(
-                    "held tokens span {lo}..={hi}, outside the vocabulary 0..{}",
-                    diff.vocab_size
-                );
-            }
-            if tokens.eq(diff.mask_index).any().int64_value(&[]) != 0 {
-                anyhow::bail!(
-                    "a held position holds the mask token {}; leave it unheld to generate it",
-                    diff.mask_index
-                );
-            }
-        }
-        Ok(())
-    }
 }
 
 #[derive(Clone, Debug)]
@@ -219,6 +146,34 @@ impl SampleSpec {
         }
     }
 
+    /// The spec `sampling.*` asks for, rows of `batch` x `length`.
+    pub fn from_config(s: &config::Sampling, batch: i64, length: i64, held: Option<Held>) -> Self {
+        SampleSpec {
+            predictor: s.predictor.into(),
+            steps: s.steps as i64,
+            eps: 1e-5,
+            noise_removal: s.noise_removal,
+            batch,
+            length,
+            // The sparse draw goes with our float64 default; `float64_gumbel=false` replays the
+            // reference's draws exactly.
+            draws: if s.float64_gumbel {
+                ddpm::DrawMode::Sparse
+            } else {
+                ddpm::DrawMode::Reference
+            },
+            temperature: s.temperature,
+            top_p: s.top_p,
+            confidence: match s.confidence_threshold {
+                Some(t) => ConfidenceRule::Threshold(t),
+                None => ConfidenceRule::Schedule,
+            },
+            held,
+            // `float64_gumbel=false` replays the reference exactly, batch-wide cache included.
+            cache_rows: s.cache_rows && s.float64_gumbel,
+        }
+    }
+
     pub fn filter(&self) -> Filter {
         Filter {
             temperature: self.temperature,
@@ -227,6 +182,12 @@ impl SampleSpec {
     }
 
     fn validate(&self, diff: &Diffusion) -> anyhow::Result<()> {
+        if self.predictor == Predictor::DdpmCache && !matches!(diff.noise, Noise::LogLinear { .. })
+        {
+            anyhow::bail!(
+                "sampling.predictor=ddpm_cache needs noise=loglinear (it uses t as the move chance); use sampling.predictor=ddpm"
+            );
+        }
         self.filter().validate()?;
         if self.predictor == Predictor::Analytic && !self.filter().is_identity() {
             anyhow::bail!(
@@ -299,13 +260,6 @@ pub fn sample_observed(
     keep_trajectory: bool,
     on_step: &mut dyn FnMut(),
 ) -> anyhow::Result<SampleOut> {
-    if spec.predictor == Predictor::DdpmCache
-        && !matches!(diff.noise, crate::diffusion::Noise::LogLinear { .. })
-    {
-        anyhow::bail!(
-            "sampling.predictor=ddpm_cache needs noise=loglinear (it uses t as the move chance); use sampling.predictor=ddpm"
-        );
-    }
     spec.validate(diff)?;
     let held = spec.held.as_ref().map(|h| h.to_device(device));
     // Every update goes through this, so a held position cannot change whatever the
@@ -324,111 +278,100 @@ pub fn sample_observed(
         diff.mask_index,
         (Kind::Int64, device),
     );
-    let mut x = pin(prior);
+    let x = pin(prior);
     let mut trajectory = Vec::new();
     if keep_trajectory {
         trajectory.push(x.copy());
     }
-    if matches!(
-        spec.predictor,
-        Predictor::FirstHitting | Predictor::Confidence
-    ) {
-        let mut observe = |x: &Tensor| {
-            on_step();
-            if keep_trajectory {
-                trajectory.push(x.copy());
-            }
-        };
-        x = if spec.predictor == Predictor::FirstHitting {
-            first_hitting::run(&filtered, diff, x, &pin, uniforms, &mut observe)?
-        } else {
-            let run = confidence::Run {
-                steps: spec.steps,
-                rule: spec.confidence,
-                filter: spec.filter(),
-            };
-            run.run(den, diff, x, &pin, uniforms, &mut observe)?
-        };
-        return Ok(SampleOut {
-            tokens: x,
-            trajectory,
-            forward_calls: den.calls() - calls_before,
-        });
-    }
-    let den: &dyn Denoiser = &filtered;
-    let timesteps = Tensor::linspace(1.0, spec.eps, spec.steps + 1, (Kind::Float, device));
-    let dt = (1.0 - spec.eps) / spec.steps as f64;
-    let mut cache: Option<Tensor> = None;
-    // With `cache_rows`: which rows changed in the last step, `[B]` bool.
-    let mut stale: Option<Tensor> = None;
-    let ones = Tensor::ones([spec.batch, 1], (Kind::Float, device));
-    for i in 0..spec.steps {
-        let t = timesteps.get(i) * &ones;
-        x = pin(match spec.predictor {
-            Predictor::Ddpm => ddpm::step_with(den, diff, &x, &t, dt, spec.draws, uniforms),
-            Predictor::DdpmCache if spec.cache_rows && !diff.time_conditioning => {
-                // Rows whose x changed since the cached output get a fresh pass; the rest reuse it.
-                let p_x0 = match (cache.take(), stale.take()) {
-                    (Some(p), Some(rows)) => {
-                        let idx = rows.nonzero().squeeze_dim(1);
-                        if idx.size()[0] == 0 {
-                            p
-                        } else {
-                            let sigma = diff.noise.total(&t).reshape([-1]).index_select(0, &idx);
-                            let fresh = den.log_probs(&x.index_select(0, &idx), &sigma).exp();
-                            p.index_copy(0, &idx, &fresh.to_kind(p.kind()))
-                        }
-                    }
-                    _ => den.log_probs(&x, &diff.noise.total(&t).reshape([-1])).exp(),
-                };
-                let (p_x0, x_next) =
-                    ddpm_cache::step_with(den, diff, &x, &t, dt, Some(p_x0), spec.draws, uniforms);
-                let x_next = pin(x_next);
-                stale = Some(x_next.ne_tensor(&x).any_dim(1, false));
-                cache = Some(p_x0);
-                x_next
-            }
-            Predictor::DdpmCache => {
-                let (p_x0, x_next) = ddpm_cache::step_with(
-                    den,
-                    diff,
-                    &x,
-                    &t,
-                    dt,
-                    cache.take(),
-                    spec.draws,
-                    uniforms,
-                );
-                let x_next = pin(x_next);
-                // Reusable only while xt is unchanged and the network ignores the time.
-                if x_next.equal(&x) && !diff.time_conditioning {
-                    cache = Some(p_x0);
-                }
-                x_next
-            }
-            Predictor::Analytic => analytic::step(den, diff, &x, &t, dt, uniforms),
-            Predictor::FirstHitting | Predictor::Confidence => unreachable!("dispatched above"),
-        });
+    let mut observe = |x: &Tensor| {
         on_step();
         if keep_trajectory {
             trajectory.push(x.copy());
         }
-    }
-    if spec.noise_removal {
-        let t = timesteps.get(spec.steps) * &ones;
-        x = pin(match spec.predictor {
-            // One more categorical draw, with the mask token forbidden.
-            Predictor::Analytic => analytic::denoise(den, diff, &x, &t, uniforms),
-            Predictor::Ddpm | Predictor::DdpmCache => {
-                let sigma = diff.noise.total(&t).reshape([-1]);
-                den.log_probs(&x, &sigma).argmax(-1, false)
-            }
-            Predictor::FirstHitting | Predictor::Confidence => unreachable!("dispatched above"),
-        });
-    }
+    };
+    let mut walk = Reverse {
+        diff,
+        pin: &pin,
+        uniforms,
+        on_step: &mut observe,
+    };
+    let tokens = match spec.predictor {
+        Predictor::FirstHitting => first_hitting::run(&filtered, &mut walk, x)?,
+        // Confidence reads the unfiltered p(x0 | xt) and filters only its draw.
+        Predictor::Confidence => confidence::Run {
+            steps: spec.steps,
+            rule: spec.confidence,
+            filter: spec.filter(),
+        }
+        .run(den, &mut walk, x)?,
+        Predictor::Ddpm | Predictor::DdpmCache | Predictor::Analytic => {
+            run_grid(&filtered, spec, &mut walk, x)
+        }
+    };
     Ok(SampleOut {
-        tokens: x,
+        tokens,
         trajectory,
         forward_calls: den.calls() - calls_before,
     })
+}
+
+/// What a sampler loop is handed besides the denoiser and x.
+pub struct Reverse<'a> {
+    pub diff: &'a Diffusion,
+    /// Applied after every update (held positions).
+    pub pin: &'a dyn Fn(Tensor) -> Tensor,
+    pub uniforms: &'a mut dyn Uniforms,
+    /// Sees x after every step.
+    pub on_step: &'a mut dyn FnMut(&Tensor),
+}
+
+/// Ddpm, ddpm_cache and analytic: steps along `linspace(1, eps, steps + 1)`, then, with
+/// `noise_removal`, one denoising step at the last time.
+fn run_grid(den: &dyn Denoiser, spec: &SampleSpec, walk: &mut Reverse, mut x: Tensor) -> Tensor {
+    let (diff, device) = (walk.diff, x.device());
+    let timesteps = Tensor::linspace(1.0, spec.eps, spec.steps + 1, (Kind::Float, device));
+    let dt = (1.0 - spec.eps) / spec.steps as f64;
+    let ones = Tensor::ones([spec.batch, 1], (Kind::Float, device));
+    let mut cache = ddpm_cache::Cache::new(diff, spec.draws, spec.cache_rows);
+    for i in 0..spec.steps {
+        let t = timesteps.get(i) * &ones;
+        x = match spec.predictor {
+            Predictor::Ddpm => {
+                (walk.pin)(ddpm::step(den, diff, &x, &t, dt, spec.draws, walk.uniforms))
+            }
+            Predictor::DdpmCache => cache.step(den, &x, &t, dt, walk.uniforms, walk.pin),
+            Predictor::Analytic => {
+                (walk.pin)(analytic::step(den, diff, &x, &t, dt, walk.uniforms).x_next)
+            }
+            Predictor::FirstHitting | Predictor::Confidence => unreachable!("not a grid predictor"),
+        };
+        (walk.on_step)(&x);
+    }
+    if !spec.noise_removal {
+        return x;
+    }
+    let t = timesteps.get(spec.steps) * &ones;
+    (walk.pin)(match spec.predictor {
+        // One more categorical draw, with the mask token forbidden.
+        Predictor::Analytic => analytic::denoise(den, diff, &x, &t, walk.uniforms).x_next,
+        _ => {
+            let sigma = diff.noise.total(&t).reshape([-1]);
+            den.log_probs(&x, &sigma).argmax(-1, false)
+        }
+    })
+}
+
+/// The move chance at t = 1, where the all-mask prior lives, `[B]` float64: in float64 so that
+/// a large sigma(1) does not round it to 1 (and the next sigma to infinity).
+fn prior_move_chance(diff: &Diffusion, batch: i64, device: Device) -> Tensor {
+    let sigma_1 = diff
+        .noise
+        .total(&Tensor::ones([batch], (Kind::Float, device)))
+        .to_kind(Kind::Double);
+    sigma_1.neg().expm1().neg()
+}
+
+/// The noise level `-log(1 - mc)` of a float64 move chance, as the denoiser takes it (float32).
+fn sigma_of_move_chance(mc: &Tensor) -> Tensor {
+    mc.neg().log1p().neg().to_kind(Kind::Float)
 }

@@ -4,7 +4,8 @@
 //! `stride_length` tokens and carries the rest forward.
 
 use super::categorical::Uniforms;
-use super::ddpm_cache;
+use super::ddpm::DrawMode;
+use super::ddpm_cache::Cache;
 use super::{Denoiser, Held};
 use crate::diffusion::{Diffusion, Noise};
 use anyhow::{Result, bail};
@@ -57,49 +58,10 @@ pub fn sample_semi_ar_prompted(
     device: Device,
     uniforms: &mut dyn Uniforms,
 ) -> Result<SemiArOut> {
-    if !matches!(diff.noise, Noise::LogLinear { .. }) {
-        bail!(
-            "semi-autoregressive sampling uses ddpm_cache steps, which need noise=loglinear (they take t as the move chance)"
-        );
-    }
-    if spec.stride_length < 1 || spec.stride_length > spec.length {
-        bail!(
-            "stride_length={} must lie in 1..={} (model.length)",
-            spec.stride_length,
-            spec.length
-        );
-    }
-    if spec.num_strides < 0 {
-        bail!("num_strides={} must not be negative", spec.num_strides);
-    }
-    if !(spec.dt > 0.0 && spec.dt <= 1.0) {
-        bail!("dt={} must lie in (0, 1]", spec.dt);
-    }
+    spec.validate(diff)?;
+    let held = prefix.map(|p| prompt(p, spec, diff, device)).transpose()?;
     let (b, l, stride) = (spec.batch, spec.length, spec.stride_length);
-    let held = match prefix {
-        Some(p) => {
-            let (pb, pl) = p.size2()?;
-            if pb != b || pl > l {
-                bail!("a prompt of shape [{pb}, {pl}] does not fit batch {b} and length {l}");
-            }
-            let h = Held::prefix(&p.to_device(device), l);
-            if h.tokens
-                .narrow(1, 0, pl)
-                .eq(diff.mask_index)
-                .any()
-                .int64_value(&[])
-                != 0
-            {
-                bail!("the prompt holds the mask token {}", diff.mask_index);
-            }
-            Some(h)
-        }
-        None => None,
-    };
-    // Python's `int(1 / dt)`: truncation of the double quotient.
-    let num_steps = (1.0 / spec.dt) as i64;
     let calls_before = den.calls();
-    let ones = Tensor::ones([b], (Kind::Float, device));
     let mut pieces: Vec<Tensor> = Vec::new();
     let mut target: Option<Tensor> = None;
     let (mut starts, mut ends) = (Vec::new(), Vec::new());
@@ -112,7 +74,7 @@ pub fn sample_semi_ar_prompted(
             _ => x,
         };
         let prior = Tensor::full([b, l], diff.mask_index, (Kind::Int64, device));
-        let mut x = pin(match &target {
+        let x = pin(match &target {
             // x[:, :-stride] = target
             Some(tail) => Tensor::cat(
                 &[tail.shallow_clone(), prior.narrow(1, l - stride, stride)],
@@ -121,25 +83,11 @@ pub fn sample_semi_ar_prompted(
             None => prior,
         });
         starts.push(x.copy());
-        let mut cache: Option<Tensor> = None;
-        for i in 0..=num_steps {
-            // t is [B]; the last step has t = 0, so the mask column weight t - dt is negative and
-            // every remaining mask is filled.
-            let t = &ones * (1.0 - i as f64 * spec.dt);
-            let (p_x0, x_next) =
-                ddpm_cache::step(den, diff, &x, &t, spec.dt, cache.take(), uniforms);
-            let x_next = pin(x_next);
-            // Same reuse rule as the reference: p_x0 is valid while x is unchanged and the network
-            // ignores the time.
-            if x_next.equal(&x) && !diff.time_conditioning {
-                cache = Some(p_x0);
-            } else {
-                sampling_steps += 1;
-            }
-            x = x_next;
-        }
+        let (x, changed) = denoise_window(den, diff, spec, x, &pin, uniforms);
+        sampling_steps += changed;
         ends.push(x.copy());
-        let x0 = pin(den.log_probs(&x, &ones.zeros_like()).argmax(-1, false)); // [B, L]
+        let zero = Tensor::zeros([b], (Kind::Float, device));
+        let x0 = pin(den.log_probs(&x, &zero).argmax(-1, false)); // [B, L]
         pieces.push(x0.narrow(1, 0, stride));
         target = Some(x0.narrow(1, stride, l - stride));
     }
@@ -151,6 +99,74 @@ pub fn sample_semi_ar_prompted(
         stride_starts: starts,
         stride_ends: ends,
     })
+}
+
+impl SemiArSpec {
+    fn validate(&self, diff: &Diffusion) -> Result<()> {
+        if !matches!(diff.noise, Noise::LogLinear { .. }) {
+            bail!(
+                "semi-autoregressive sampling uses ddpm_cache steps, which need noise=loglinear (they take t as the move chance)"
+            );
+        }
+        if self.stride_length < 1 || self.stride_length > self.length {
+            bail!(
+                "stride_length={} must lie in 1..={} (model.length)",
+                self.stride_length,
+                self.length
+            );
+        }
+        if self.num_strides < 0 {
+            bail!("num_strides={} must not be negative", self.num_strides);
+        }
+        if !(self.dt > 0.0 && self.dt <= 1.0) {
+            bail!("dt={} must lie in (0, 1]", self.dt);
+        }
+        Ok(())
+    }
+}
+
+/// The prompt `p [B, P]` held in the first P positions of a window.
+fn prompt(p: &Tensor, spec: &SemiArSpec, diff: &Diffusion, device: Device) -> Result<Held> {
+    let (b, l) = (spec.batch, spec.length);
+    let (pb, pl) = p.size2()?;
+    if pb != b || pl > l {
+        bail!("a prompt of shape [{pb}, {pl}] does not fit batch {b} and length {l}");
+    }
+    let h = Held::prefix(&p.to_device(device), l);
+    let prompt = h.tokens.narrow(1, 0, pl);
+    if prompt.eq(diff.mask_index).any().int64_value(&[]) != 0 {
+        bail!("the prompt holds the mask token {}", diff.mask_index);
+    }
+    Ok(h)
+}
+
+/// One window's `int(1 / dt) + 1` ddpm_cache steps from t = 1 down to t = 0. Returns x and how
+/// many steps changed it (every step with time conditioning), the reference's count.
+fn denoise_window(
+    den: &dyn Denoiser,
+    diff: &Diffusion,
+    spec: &SemiArSpec,
+    mut x: Tensor,
+    pin: &dyn Fn(Tensor) -> Tensor,
+    uniforms: &mut dyn Uniforms,
+) -> (Tensor, usize) {
+    // Python's `int(1 / dt)`: truncation of the double quotient.
+    let num_steps = (1.0 / spec.dt) as i64;
+    let ones = Tensor::ones([spec.batch], (Kind::Float, x.device()));
+    // Same reuse rule as the reference: p_x0 is valid while x is unchanged and the network
+    // ignores the time.
+    let mut cache = Cache::new(diff, DrawMode::Reference, false);
+    let mut changed = 0;
+    for i in 0..=num_steps {
+        // t is [B]; the last step has t = 0, so the mask column weight t - dt is negative and
+        // every remaining mask is filled.
+        let t = &ones * (1.0 - i as f64 * spec.dt);
+        x = cache.step(den, &x, &t, spec.dt, uniforms, pin);
+        if !cache.is_kept() {
+            changed += 1;
+        }
+    }
+    (x, changed)
 }
 
 /// The reference's `sequence_lengths`: per row, how many tokens after the first come before the

@@ -6,6 +6,7 @@ use anyhow::{Result, bail};
 use mdlm::backbone::{Dit, DitConfig, Precision, load::load_strict};
 use mdlm::diffusion::{Diffusion, Draws, Noise, Parameterization, loss::crop};
 use mdlm::sample::categorical::ReplayUniforms;
+use mdlm::sample::ddpm::DrawMode;
 use mdlm::sample::{self, Denoiser, ModelDenoiser, Predictor, SampleSpec};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -187,13 +188,29 @@ pub fn sampler_step(case: &Case) -> Result<()> {
             case.check("sigma_t", &sigma_t)?;
             case.check("sigma_s", &m.diffusion.noise.total(&(&t - case.f64("dt")?)))?;
             case.check("log_p_x0", &den.log_probs(&x, &sigma_t.reshape([-1])))?;
-            let x_next = sample::ddpm::step(&den, &m.diffusion, &x, &t, case.f64("dt")?, &mut u);
+            let x_next = sample::ddpm::step(
+                &den,
+                &m.diffusion,
+                &x,
+                &t,
+                case.f64("dt")?,
+                DrawMode::Reference,
+                &mut u,
+            );
             case.check("x_next", &x_next)
         }
         "step_ddpm_cache" => {
             case.check("sigma_t", &m.diffusion.noise.total(&t))?;
-            let (p_x0, x_next) =
-                sample::ddpm_cache::step(&den, &m.diffusion, &x, &t, case.f64("dt")?, None, &mut u);
+            let (p_x0, x_next) = sample::ddpm_cache::step(
+                &den,
+                &m.diffusion,
+                &x,
+                &t,
+                case.f64("dt")?,
+                None,
+                DrawMode::Reference,
+                &mut u,
+            );
             case.check("p_x0", &p_x0)?;
             case.check("x_next", &x_next)
         }

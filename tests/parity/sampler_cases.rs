@@ -25,7 +25,7 @@ pub fn sampler_step(case: &Case) -> Result<()> {
     let t = case.t("t")?;
     let mut u = ReplayUniforms::new(vec![case.t("u")?]);
     let got: BTreeMap<&str, Tensor> = if analytic_step {
-        let s = analytic::step_parts(&den, &m.diffusion, &x, &t, case.f64("dt")?, &mut u);
+        let s = analytic::step(&den, &m.diffusion, &x, &t, case.f64("dt")?, &mut u);
         BTreeMap::from([
             ("curr_sigma", s.curr_sigma),
             ("next_sigma", s.next_sigma),
@@ -38,9 +38,9 @@ pub fn sampler_step(case: &Case) -> Result<()> {
             ("x_next", s.x_next),
         ])
     } else {
-        let s = analytic::denoise_parts(&den, &m.diffusion, &x, &t, &mut u);
+        let s = analytic::denoise(&den, &m.diffusion, &x, &t, &mut u);
         BTreeMap::from([
-            ("sigma", s.sigma),
+            ("sigma", s.curr_sigma),
             ("model_output", s.model_output),
             ("score", s.score),
             ("stag_score", s.stag_score),
