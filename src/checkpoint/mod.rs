@@ -7,6 +7,8 @@ mod atomic;
 pub mod hf;
 pub mod lightning;
 mod native;
+mod pickle;
+mod torch_zip;
 
 pub use native::{Checkpoint, FORMAT, VERSION, load, load_into, save};
 
