@@ -10,6 +10,7 @@ mod native;
 mod pickle;
 mod torch_zip;
 
+pub(crate) use atomic::write_atomically;
 pub use native::{Checkpoint, FORMAT, VERSION, load, load_into, save};
 
 /// Hooks for tests that need to interrupt a save part way; not part of the API.
