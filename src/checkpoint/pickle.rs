@@ -278,20 +278,17 @@ impl<S: StorageBytes> Vm<S> {
                 b'}' => push(&mut stack, Value::Dict(Rc::default())),
                 b']' => push(&mut stack, Value::List(Rc::default())),
                 b')' => push(&mut stack, Value::Tuple(Rc::default())),
-                b'a' => {
-                    let v = pop(&mut stack)?;
-                    match top(&mut stack)? {
-                        Value::List(l) => l.borrow_mut().push(v),
-                        Value::Object(_) => {}
-                        other => bail!("APPEND on a {}", other.type_name()),
-                    }
-                }
-                b'e' => {
-                    let items = pop_mark(&mut stack)?;
+                b'a' | b'e' => {
+                    // APPEND (one item) / APPENDS (the items above the mark)
+                    let (items, name) = if op == b'a' {
+                        (vec![pop(&mut stack)?], "APPEND")
+                    } else {
+                        (pop_mark(&mut stack)?, "APPENDS")
+                    };
                     match top(&mut stack)? {
                         Value::List(l) => l.borrow_mut().extend(items),
                         Value::Object(_) => {}
-                        other => bail!("APPENDS on a {}", other.type_name()),
+                        other => bail!("{name} on a {}", other.type_name()),
                     }
                 }
                 b's' => {
