@@ -1,7 +1,7 @@
 //! Reading the reference's PyTorch Lightning checkpoint (`Trainer.save_checkpoint` of its
 //! `Diffusion` module, `diffusion.py`) without executing anything. The file is a `torch.save` zip
-//! archive ([`super::torch_zip`]) whose `data.pkl` is run by a VM that only builds data
-//! ([`super::pickle`]).
+//! archive (`checkpoint/torch_zip.rs`) whose `data.pkl` is run by a VM that only builds data
+//! (`checkpoint/pickle.rs`).
 //!
 //! What a run needs is `state_dict` (`backbone.*`) and `ema` (`decay`, `num_updates`,
 //! `shadow_params`: a list in the module's `parameters()` order, see [`dit_parameter_order`]).

@@ -44,12 +44,9 @@ char* mdlm_c10d_error(const std::string& what) {
     return mdlm_c10d_error("unknown C++ exception in c10d"); \
   }
 
-c10::intrusive_ptr<c10d::Backend> mdlm_gloo_backend([[maybe_unused]] mdlm_store* s,
-                                                    [[maybe_unused]] int rank,
-                                                    [[maybe_unused]] int world,
-                                                    [[maybe_unused]] std::chrono::milliseconds timeout) {
+c10::intrusive_ptr<c10d::Backend> mdlm_gloo_backend([[maybe_unused]] const mdlm_pg_args& a) {
 #ifdef MDLM_GLOO
-  auto opts = c10::make_intrusive<c10d::ProcessGroupGloo::Options>(timeout);
+  auto opts = c10::make_intrusive<c10d::ProcessGroupGloo::Options>(a.timeout);
   // torch.distributed reads GLOO_SOCKET_IFNAME in Python; this bridge is the only caller here.
   const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
   if (ifname != nullptr && *ifname != '\0') {
@@ -57,7 +54,7 @@ c10::intrusive_ptr<c10d::Backend> mdlm_gloo_backend([[maybe_unused]] mdlm_store*
   } else {
     opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
   }
-  return c10::make_intrusive<c10d::ProcessGroupGloo>(s->store, rank, world, opts);
+  return c10::make_intrusive<c10d::ProcessGroupGloo>(a.s->store, a.rank, a.world, opts);
 #else
   throw std::runtime_error(
       "this build has no Gloo: gloo's headers were not found when mdlm was compiled "
@@ -122,10 +119,9 @@ char* mdlm_c10d_store_add(mdlm_store* s, const char* key, int64_t delta, int64_t
 
 char* mdlm_c10d_pg_new(mdlm_store* s, int rank, int world, int64_t timeout_ms, int nccl,
                        mdlm_pg** out) {
-  const auto timeout = std::chrono::milliseconds(timeout_ms);
+  const mdlm_pg_args a{s, rank, world, std::chrono::milliseconds(timeout_ms)};
   try {
-    auto backend = nccl != 0 ? mdlm_nccl_backend(s, rank, world, timeout)
-                             : mdlm_gloo_backend(s, rank, world, timeout);
+    auto backend = nccl != 0 ? mdlm_nccl_backend(a) : mdlm_gloo_backend(a);
     *out = new mdlm_pg{backend, world, nccl != 0};
     return nullptr;
   } catch (const std::exception& e) {

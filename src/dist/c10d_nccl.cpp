@@ -9,14 +9,11 @@
 
 #include <stdexcept>
 
-c10::intrusive_ptr<c10d::Backend> mdlm_nccl_backend([[maybe_unused]] mdlm_store* s,
-                                                    [[maybe_unused]] int rank,
-                                                    [[maybe_unused]] int world,
-                                                    [[maybe_unused]] std::chrono::milliseconds timeout) {
+c10::intrusive_ptr<c10d::Backend> mdlm_nccl_backend([[maybe_unused]] const mdlm_pg_args& a) {
 #ifdef USE_C10D_NCCL
   auto opts = c10::make_intrusive<c10d::ProcessGroupNCCL::Options>(false);
-  opts->timeout = timeout;
-  return c10::make_intrusive<c10d::ProcessGroupNCCL>(s->store, rank, world, opts);
+  opts->timeout = a.timeout;
+  return c10::make_intrusive<c10d::ProcessGroupNCCL>(a.s->store, a.rank, a.world, opts);
 #else
   throw std::runtime_error(
       "this build has no NCCL: CUDA runtime and NCCL headers were not found when mdlm was "
