@@ -12,7 +12,7 @@
 //! `log_softmax` live in `diffusion::ar`, next to the other parameterizations.
 
 use super::layers::{
-    LayerNorm, Linear, Sublayers, rotary_inv_freq, rotary_tables, vocab_embedding,
+    LayerNorm, Linear, Sublayers, attention, rotary_inv_freq, rotary_tables, vocab_embedding,
 };
 use super::{Backbone, DitConfig, Precision};
 use tch::{Device, Kind, Tensor, nn};
@@ -148,16 +148,7 @@ impl Block {
     /// Whole sequences, causal attention.
     fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, kind: Kind, train: bool) -> Tensor {
         let (q, k, v) = self.qkv(x, cos, sin, kind);
-        let attn = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            0.0,
-            true,
-            None,
-            false,
-        );
+        let attn = attention(&q, &k, &v, None, true);
         self.finish(x, &attn, kind, train)
     }
 
@@ -186,8 +177,7 @@ impl Block {
             let kpos = Tensor::arange(start + n, (Kind::Int64, x.device()));
             kpos.unsqueeze(0).le_tensor(&qpos.unsqueeze(1)) // [n, t], true = attend
         });
-        let attn =
-            Tensor::scaled_dot_product_attention(&q, &k_all, &v_all, mask, 0.0, false, None, false);
+        let attn = attention(&q, &k_all, &v_all, mask, false);
         self.finish(x, &attn, kind, false)
     }
 }

@@ -3,8 +3,8 @@
 //! parameter paths equal its state-dict names under the caller's prefix (`backbone`).
 
 use super::layers::{
-    LayerNorm, Linear, Sublayers, TimestepEmbedder, modulate, rotary_inv_freq, rotary_tables,
-    vocab_embedding,
+    LayerNorm, Linear, Sublayers, TimestepEmbedder, attention, modulate, rotary_inv_freq,
+    rotary_tables, vocab_embedding,
 };
 use super::{Backbone, Precision};
 use tch::{Kind, Tensor, nn};
@@ -59,16 +59,7 @@ impl Block {
 
         let a = modulate(&self.sub.norm1.forward(x), shift_msa, scale_msa);
         let (q, k, v) = self.sub.qkv(&a, cos, sin, kind);
-        let attn = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            0.0,
-            false,
-            None,
-            false,
-        );
+        let attn = attention(&q, &k, &v, None, false);
         let x = x + gate_msa * self.sub.attn_out(&attn, kind, train);
 
         let a = modulate(&self.sub.norm2.forward(&x), shift_mlp, scale_mlp);

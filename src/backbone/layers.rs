@@ -210,6 +210,13 @@ pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     Tensor::cat(&[&x1 * &cos - &x2 * &sin, &x1 * &sin + &x2 * &cos], 3)
 }
 
+/// Softmax attention at the default `1/sqrt(dh)` scale, no attention dropout (the reference
+/// drops only branch outputs); `q [B, nh, n, dh]`, `k, v [B, nh, t, dh]` → `[B, nh, n, dh]`.
+/// `mask [n, t]` true where a query may attend.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<Tensor>, causal: bool) -> Tensor {
+    Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, None, false)
+}
+
 /// The rotary frequencies `1 / base^(2j / head_dim)`: a buffer in the reference's state dict
 /// (`rotary_emb.inv_freq`), so it is a variable here too, kept out of the trainable set.
 pub fn rotary_inv_freq(p: nn::Path, head_dim: i64, base: f64) -> Tensor {

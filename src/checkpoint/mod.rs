@@ -7,7 +7,10 @@ mod atomic;
 pub mod hf;
 pub mod lightning;
 mod native;
+mod pickle;
+mod torch_zip;
 
+pub(crate) use atomic::write_atomically;
 pub use native::{Checkpoint, FORMAT, VERSION, load, load_into, save};
 
 /// Hooks for tests that need to interrupt a save part way; not part of the API.

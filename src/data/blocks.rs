@@ -358,18 +358,14 @@ fn temp_sibling(path: &Path) -> Result<PathBuf> {
     Ok(dir.join(format!(".{file_name}.tmp-{}-{nanos}", std::process::id())))
 }
 
-/// Temp file + fsync + rename in the target's folder.
+/// `bytes` as `path`, atomically and durably (see [`crate::checkpoint::write_atomically`]);
+/// the folder is created when missing.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_sibling(path)?;
-    let result = (|| -> Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("writing {}", path.display()))
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::checkpoint::write_atomically(path, None, |out| Ok(out.write_all(bytes)?))
+        .with_context(|| format!("writing {}", path.display()))
 }

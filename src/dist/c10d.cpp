@@ -21,6 +21,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 
 #include "c10d_bridge.h"
@@ -42,6 +43,24 @@ char* mdlm_c10d_error(const std::string& what) {
   } catch (...) {                                             \
     return mdlm_c10d_error("unknown C++ exception in c10d"); \
   }
+
+c10::intrusive_ptr<c10d::Backend> mdlm_gloo_backend([[maybe_unused]] const mdlm_pg_args& a) {
+#ifdef MDLM_GLOO
+  auto opts = c10::make_intrusive<c10d::ProcessGroupGloo::Options>(a.timeout);
+  // torch.distributed reads GLOO_SOCKET_IFNAME in Python; this bridge is the only caller here.
+  const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
+  if (ifname != nullptr && *ifname != '\0') {
+    opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+  } else {
+    opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+  }
+  return c10::make_intrusive<c10d::ProcessGroupGloo>(a.s->store, a.rank, a.world, opts);
+#else
+  throw std::runtime_error(
+      "this build has no Gloo: gloo's headers were not found when mdlm was compiled "
+      "(install them with scripts/setup-dist.sh, i.e. apt-get install libgloo-dev, then rebuild)");
+#endif
+}
 
 extern "C" {
 
@@ -98,32 +117,19 @@ char* mdlm_c10d_store_add(mdlm_store* s, const char* key, int64_t delta, int64_t
   MDLM_GUARD({ *out = s->store->add(std::string(key), delta); })
 }
 
-char* mdlm_c10d_pg_new_gloo(mdlm_store* s, int rank, int world, int64_t timeout_ms,
-                            mdlm_pg** out) {
-#ifdef MDLM_GLOO
-  MDLM_GUARD({
-    auto opts = c10::make_intrusive<c10d::ProcessGroupGloo::Options>(
-        std::chrono::milliseconds(timeout_ms));
-    // torch.distributed reads GLOO_SOCKET_IFNAME in Python; this bridge is the only caller here.
-    const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
-    if (ifname != nullptr && *ifname != '\0') {
-      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
-    } else {
-      opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-    }
-    auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(s->store, rank, world, opts);
-    *out = new mdlm_pg{pg, world, false};
-  })
-#else
-  (void)s;
-  (void)rank;
-  (void)world;
-  (void)timeout_ms;
-  (void)out;
-  return mdlm_c10d_error(
-      "this build has no Gloo: gloo's headers were not found when mdlm was compiled "
-      "(install them with scripts/setup-dist.sh, i.e. apt-get install libgloo-dev, then rebuild)");
-#endif
+char* mdlm_c10d_pg_new(mdlm_store* s, int rank, int world, int64_t timeout_ms, int nccl,
+                       mdlm_pg** out) {
+  const mdlm_pg_args a{s, rank, world, std::chrono::milliseconds(timeout_ms)};
+  try {
+    auto backend = nccl != 0 ? mdlm_nccl_backend(a) : mdlm_gloo_backend(a);
+    *out = new mdlm_pg{backend, world, nccl != 0};
+    return nullptr;
+  } catch (const std::exception& e) {
+    return mdlm_c10d_error(e.what());
+  } catch (...) {
+    return mdlm_c10d_error(nccl != 0 ? "unknown C++ exception in c10d (NCCL)"
+                                     : "unknown C++ exception in c10d");
+  }
 }
 
 char* mdlm_c10d_allreduce(mdlm_pg* pg, at::Tensor* t, int avg) {

@@ -48,18 +48,13 @@ unsafe extern "C" {
         delta: i64,
         out: *mut i64,
     ) -> *mut c_char;
-    pub fn mdlm_c10d_pg_new_gloo(
+    /// `nccl` 0: Gloo, else NCCL.
+    pub fn mdlm_c10d_pg_new(
         s: *mut mdlm_store,
         rank: c_int,
         world: c_int,
         timeout_ms: i64,
-        out: *mut *mut mdlm_pg,
-    ) -> *mut c_char;
-    pub fn mdlm_c10d_pg_new_nccl(
-        s: *mut mdlm_store,
-        rank: c_int,
-        world: c_int,
-        timeout_ms: i64,
+        nccl: c_int,
         out: *mut *mut mdlm_pg,
     ) -> *mut c_char;
     pub fn mdlm_c10d_allreduce(pg: *mut mdlm_pg, t: *mut C_tensor, avg: c_int) -> *mut c_char;

@@ -152,18 +152,13 @@ impl ProcessGroup {
     /// `timeout` when a rank does not show up.
     pub fn init(launch: &Launch, backend: Backend, timeout: Duration) -> Result<ProcessGroup> {
         let (rank, world) = (launch.rank, launch.world);
+        let nccl = (backend == Backend::Nccl) as c_int;
         if !backend.compiled() {
             // The bridge's own message says what is missing and how to get it.
             let mut raw = std::ptr::null_mut();
+            // SAFETY: a compiled-out backend fails before reading the (null) store.
             let msg = ffi::check(unsafe {
-                match backend {
-                    Backend::Gloo => {
-                        ffi::mdlm_c10d_pg_new_gloo(std::ptr::null_mut(), 0, 1, 0, &mut raw)
-                    }
-                    Backend::Nccl => {
-                        ffi::mdlm_c10d_pg_new_nccl(std::ptr::null_mut(), 0, 1, 0, &mut raw)
-                    }
-                }
+                ffi::mdlm_c10d_pg_new(std::ptr::null_mut(), 0, 1, 0, nccl, &mut raw)
             })
             .err()
             .unwrap_or_default();
@@ -180,22 +175,7 @@ impl ProcessGroup {
         let ms = timeout.as_millis() as i64;
         // SAFETY: live store and out-pointer; the bridge catches C++ exceptions.
         ffi::check(unsafe {
-            match backend {
-                Backend::Gloo => ffi::mdlm_c10d_pg_new_gloo(
-                    store.raw,
-                    rank as c_int,
-                    world as c_int,
-                    ms,
-                    &mut raw,
-                ),
-                Backend::Nccl => ffi::mdlm_c10d_pg_new_nccl(
-                    store.raw,
-                    rank as c_int,
-                    world as c_int,
-                    ms,
-                    &mut raw,
-                ),
-            }
+            ffi::mdlm_c10d_pg_new(store.raw, rank as c_int, world as c_int, ms, nccl, &mut raw)
         })
         .map_err(|e| anyhow!("rank {rank}/{world}: creating the {backend:?} process group: {e}"))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -357,7 +337,7 @@ impl Drop for ProcessGroup {
             // exit with an error anyway.
             return;
         }
-        // SAFETY: created by mdlm_c10d_pg_new_*, dropped once.
+        // SAFETY: created by mdlm_c10d_pg_new, dropped once.
         unsafe { ffi::mdlm_c10d_pg_free(self.raw) }
     }
 }
