@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: config → data → backbone → diffusion → train / eval / sample.
 
+pub(crate) mod atomic_file;
 pub mod backbone;
 pub mod checkpoint;
 pub mod cli;

@@ -3,8 +3,8 @@
 //! `backbone.` names. A path is used as it is; a repo id goes through [`crate::hub`] (the cache
 //! first, else a download into it).
 
-use super::atomic::write_atomically;
 use super::native::write_safetensors;
+use crate::atomic_file::write_atomically;
 use crate::backbone::load::load_strict;
 use crate::backbone::{Dit, DitConfig, Precision};
 use crate::hub::Hub;

@@ -3,14 +3,12 @@
 //! the Hugging Face MDLM folder layout (`hf`, read and written); the reference's PyTorch Lightning
 //! `.ckpt` (`lightning`, read only, without executing its pickle).
 
-mod atomic;
 pub mod hf;
 pub mod lightning;
 mod native;
 mod pickle;
 mod torch_zip;
 
-pub(crate) use atomic::write_atomically;
 pub use native::{Checkpoint, FORMAT, VERSION, load, load_into, save};
 
 /// Hooks for tests that need to interrupt a save part way; not part of the API.

@@ -6,7 +6,7 @@
 //! (JSON: global step, epoch, loader position, whatever the caller keeps) and `config` (the resolved
 //! YAML), so every checkpoint carries the config that made it.
 
-use super::atomic::write_atomically;
+use crate::atomic_file::write_atomically;
 use anyhow::{Context, Result, anyhow, bail};
 use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::{Dtype, SafeTensorError, SafeTensors};

@@ -303,7 +303,7 @@ impl BlockWriter {
             ))?;
             file.sync_all()?;
             std::fs::rename(&self.tmp, &self.path)?;
-            Ok(())
+            crate::atomic_file::sync_parent(&self.path)
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&self.tmp);
@@ -358,7 +358,7 @@ fn temp_sibling(path: &Path) -> Result<PathBuf> {
     Ok(dir.join(format!(".{file_name}.tmp-{}-{nanos}", std::process::id())))
 }
 
-/// `bytes` as `path`, atomically and durably (see [`crate::checkpoint::write_atomically`]);
+/// `bytes` as `path`, atomically and durably (see [`crate::atomic_file::write_atomically`]);
 /// the folder is created when missing.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
@@ -366,6 +366,6 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    crate::checkpoint::write_atomically(path, None, |out| Ok(out.write_all(bytes)?))
+    crate::atomic_file::write_atomically(path, None, |out| Ok(out.write_all(bytes)?))
         .with_context(|| format!("writing {}", path.display()))
 }

@@ -115,7 +115,13 @@ pub(crate) fn write_atomically(
         let _ = fs::remove_file(&temp);
         return result;
     }
-    // The rename itself lives in the folder's metadata; without this a power cut could undo it.
+    sync_parent(target)
+}
+
+/// Makes a rename into `target`'s folder durable: the rename lives in the folder's metadata, and
+/// without this a power cut could undo it.
+pub(crate) fn sync_parent(target: &Path) -> Result<()> {
+    let dir = parent_dir(target);
     #[cfg(unix)]
     File::open(&dir)
         .and_then(|d| d.sync_all())
