@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_yaml::{Mapping, Value};
 
-use super::interp::{Resolver, key_str, lookup, now_epoch};
+use super::interp::{Resolver, lookup, now_epoch};
 use super::schema::Config;
+use super::yaml_text::key_str;
 use super::{embedded, suggest};
 
 const PRIMARY: &str = "config.yaml";
@@ -546,36 +547,36 @@ fn compose_at(src: &Source, overrides: &[String], now: i64) -> Result<Config> {
     }) {
         bail!("{PRIMARY}: `override` entries belong in the files it selects, not in {PRIMARY}");
     }
+    let chosen_on_cmdline = choose_groups(&mut entries, &ops)?;
+    apply_config_overrides(src, &mut entries, &chosen_on_cmdline)?;
 
-    // Command-line group choices.
-    let mut chosen_on_cmdline: HashSet<String> = HashSet::new();
+    let mut tree = merge_defaults(src, &entries, &primary)?;
     for op in &ops {
+        apply_key_op(&mut tree, op, src)?;
+    }
+    save_dir_defaults_to_run_dir(&mut tree.root);
+
+    let resolved = Resolver::new(&tree.root, now).resolve_all()?;
+    let mut cfg = typed(&resolved, &tree.origin)?;
+    cfg.fill_derived();
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Applies the command-line group choices (`group=option`, `+group=option`, `~group`) to the
+/// defaults list; returns the groups the command line chose, which config-level overrides must
+/// leave alone.
+fn choose_groups(entries: &mut Vec<Entry>, ops: &[Op]) -> Result<HashSet<String>> {
+    let mut chosen = HashSet::new();
+    for op in ops {
         match op {
             Op::Group {
                 group,
                 options,
                 append,
             } => {
-                let pos = entries
-                    .iter()
-                    .position(|e| matches!(e, Entry::Group { group: g, .. } if g == group));
-                match (pos, append) {
-                    (Some(_), true) => bail!(
-                        "cannot add group '{group}': it is already in the defaults list; \
-                         use '{group}=...' to change its option"
-                    ),
-                    (Some(i), false) => {
-                        if let Entry::Group { options: o, .. } = &mut entries[i] {
-                            *o = options.clone();
-                        }
-                    }
-                    (None, _) => entries.push(Entry::Group {
-                        group: group.clone(),
-                        options: options.clone(),
-                        is_override: false,
-                    }),
-                }
-                chosen_on_cmdline.insert(group.clone());
+                choose_group(entries, group, options, *append)?;
+                chosen.insert(group.clone());
             }
             Op::DropGroup(group) => {
                 let before = entries.len();
@@ -583,38 +584,63 @@ fn compose_at(src: &Source, overrides: &[String], now: i64) -> Result<Config> {
                 if entries.len() == before {
                     bail!("cannot remove group '{group}': it is not in the defaults list");
                 }
-                chosen_on_cmdline.insert(group.clone());
+                chosen.insert(group.clone());
             }
             _ => {}
         }
     }
+    Ok(chosen)
+}
 
-    // Config-level `override /group: option` entries (e.g. in an experiment file), unless the
-    // command line chose that group.
-    let mut pending: Vec<(String, Option<Vec<String>>, String)> = Vec::new();
-    for e in &entries {
-        if let Entry::Group {
-            group,
-            options: Some(opts),
-            ..
-        } = e
-        {
-            for opt in opts {
-                let f = load_option(src, group, opt)?;
-                for d in &f.defaults {
-                    if let Entry::Group {
-                        group: g,
-                        options,
-                        is_override: true,
-                    } = d
-                    {
-                        pending.push((g.clone(), options.clone(), f.rel.clone()));
-                    }
-                }
+fn choose_group(
+    entries: &mut Vec<Entry>,
+    group: &str,
+    options: &Option<Vec<String>>,
+    append: bool,
+) -> Result<()> {
+    let pos = entries
+        .iter()
+        .position(|e| matches!(e, Entry::Group { group: g, .. } if g == group));
+    match (pos, append) {
+        (Some(_), true) => bail!(
+            "cannot add group '{group}': it is already in the defaults list; \
+             use '{group}=...' to change its option"
+        ),
+        (Some(i), false) => {
+            if let Entry::Group { options: o, .. } = &mut entries[i] {
+                *o = options.clone();
             }
         }
+        (None, _) => entries.push(Entry::Group {
+            group: group.to_string(),
+            options: options.clone(),
+            is_override: false,
+        }),
     }
-    for (g, options, from) in pending {
+    Ok(())
+}
+
+/// An `override /group: option` entry of a selected option file.
+struct ConfigOverride {
+    group: String,
+    options: Option<Vec<String>>,
+    /// The file that holds it, for messages.
+    from: String,
+}
+
+/// Config-level `override /group: option` entries (e.g. in an experiment file), unless the
+/// command line chose that group.
+fn apply_config_overrides(
+    src: &Source,
+    entries: &mut [Entry],
+    chosen_on_cmdline: &HashSet<String>,
+) -> Result<()> {
+    for ConfigOverride {
+        group: g,
+        options,
+        from,
+    } in config_overrides(src, entries)?
+    {
         let Some(target) = entries
             .iter_mut()
             .find(|e| matches!(e, Entry::Group { group, .. } if *group == g))
@@ -627,13 +653,49 @@ fn compose_at(src: &Source, overrides: &[String], now: i64) -> Result<Config> {
             *o = options;
         }
     }
+    Ok(())
+}
 
-    // Merge in defaults-list order.
+/// The `override` entries of the selected option files, in order.
+fn config_overrides(src: &Source, entries: &[Entry]) -> Result<Vec<ConfigOverride>> {
+    let mut found = Vec::new();
+    for e in entries {
+        let Entry::Group {
+            group,
+            options: Some(opts),
+            ..
+        } = e
+        else {
+            continue;
+        };
+        for opt in opts {
+            let f = load_option(src, group, opt)?;
+            for d in &f.defaults {
+                if let Entry::Group {
+                    group: g,
+                    options,
+                    is_override: true,
+                } = d
+                {
+                    found.push(ConfigOverride {
+                        group: g.clone(),
+                        options: options.clone(),
+                        from: f.rel.clone(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Merges the primary file and the selected options in defaults-list order.
+fn merge_defaults(src: &Source, entries: &[Entry], primary: &ConfigFile) -> Result<Tree> {
     let mut tree = Tree {
         root: Value::Mapping(Mapping::new()),
         origin: BTreeMap::new(),
     };
-    for e in &entries {
+    for e in entries {
         match e {
             Entry::SelfRef => tree.merge_at(&[], &primary.body, PRIMARY),
             Entry::Group {
@@ -648,24 +710,17 @@ fn compose_at(src: &Source, overrides: &[String], now: i64) -> Result<Config> {
             Entry::Group { options: None, .. } => {}
         }
     }
+    Ok(tree)
+}
 
-    for op in &ops {
-        apply_key_op(&mut tree, op, src)?;
-    }
-
-    // `checkpointing.save_dir: null` means the run folder (the reference's `${cwd:}` after
-    // Hydra changed into it).
-    if let Some(Value::Mapping(ck)) = tree.root.get_mut("checkpointing")
+/// `checkpointing.save_dir: null` means the run folder (the reference's `${cwd:}` after Hydra
+/// changed into it).
+fn save_dir_defaults_to_run_dir(root: &mut Value) {
+    if let Some(Value::Mapping(ck)) = root.get_mut("checkpointing")
         && matches!(ck.get("save_dir"), Some(Value::Null))
     {
         ck.insert("save_dir".into(), "${hydra.run.dir}".into());
     }
-
-    let resolved = Resolver::new(&tree.root, now).resolve_all()?;
-    let mut cfg = typed(&resolved, &tree.origin)?;
-    cfg.fill_derived();
-    cfg.validate()?;
-    Ok(cfg)
 }
 
 fn include(src: &Source, group: &str, option: &str, tree: &mut Tree, depth: usize) -> Result<()> {

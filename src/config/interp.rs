@@ -10,6 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_yaml::{Mapping, Value};
 
 use super::suggest;
+use super::yaml_text::{key_str, python_str};
 
 const MAX_DEPTH: usize = 32;
 
@@ -79,7 +80,7 @@ impl<'a> Resolver<'a> {
                     let v = self
                         .eval(expr, path, depth)
                         .with_context(|| format!("resolving config key '{key}' = '{s}'"))?;
-                    out.push_str(&display(&v));
+                    out.push_str(&python_str(&v));
                 }
             }
         }
@@ -95,7 +96,7 @@ impl<'a> Resolver<'a> {
             // Arguments may hold interpolations themselves.
             let args = match self.resolve_string(args, path, depth + 1)? {
                 Value::String(s) => s,
-                other => display(&other),
+                other => python_str(&other),
             };
             return self.call(name, &args);
         }
@@ -229,28 +230,6 @@ fn split(s: &str) -> Result<Vec<Piece>> {
         pieces.push(Piece::Lit(lit));
     }
     Ok(pieces)
-}
-
-pub(crate) fn key_str(k: &Value) -> String {
-    match k {
-        Value::String(s) => s.clone(),
-        other => display(other),
-    }
-}
-
-/// How a value reads inside a longer string (OmegaConf / Python spelling for null and bools).
-fn display(v: &Value) -> String {
-    match v {
-        Value::Null => "None".into(),
-        Value::Bool(true) => "True".into(),
-        Value::Bool(false) => "False".into(),
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => s.clone(),
-        other => serde_yaml::to_string(other)
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
-    }
 }
 
 /// Looks up a dotted path; list items are addressed by their index.

@@ -11,10 +11,13 @@
 //! ```
 
 mod compose;
+mod derived;
 mod embedded;
 mod interp;
 mod schema;
 mod suggest;
+mod validate;
+mod yaml_text;
 
 use std::path::Path;
 
@@ -65,11 +68,7 @@ impl Config {
 fn scalar(v: &serde_yaml::Value) -> String {
     match v {
         serde_yaml::Value::String(s) if s.is_empty() => "''".to_string(),
-        serde_yaml::Value::String(s) => s.clone(),
-        other => serde_yaml::to_string(other)
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
+        other => yaml_text::plain_str(other),
     }
 }
 
@@ -82,7 +81,7 @@ fn write_tree(m: &serde_yaml::Mapping, indent: &str, out: &mut String) {
         } else {
             ("├── ", "│   ")
         };
-        let key = interp::key_str(k);
+        let key = yaml_text::key_str(k);
         match v {
             serde_yaml::Value::Mapping(child) if !child.is_empty() => {
                 out.push_str(&format!("{indent}{branch}{key}\n"));

@@ -2,6 +2,8 @@
 
 use serde_yaml::Value;
 
+use super::yaml_text::key_str;
+
 /// Levenshtein distance over chars.
 pub(crate) fn distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
@@ -59,7 +61,7 @@ pub(crate) fn paths(root: &Value) -> Vec<String> {
     fn walk(v: &Value, prefix: &str, out: &mut Vec<String>) {
         if let Value::Mapping(m) = v {
             for (k, child) in m {
-                let k = super::interp::key_str(k);
+                let k = key_str(k);
                 let p = if prefix.is_empty() {
                     k
                 } else {
