@@ -78,12 +78,19 @@ pub enum Parameterization {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Predictor {
+    /// Ancestral steps on the `linspace(1, eps, steps + 1)` grid (reference: `_ddpm_update`).
     Ddpm,
+    /// Ddpm that reuses p(x0 | xt) while x is unchanged (log-linear noise, no time conditioning).
     DdpmCache,
+    /// SEDD's analytic (tau-leaping) update; noise removal is its denoiser step, not an argmax.
     Analytic,
-    /// Ours: exact first-hitting sampler (one denoiser call per unmasked token).
+    /// Ours: exact absorbing-diffusion sampling one unmasking at a time (Zheng et al., 2024): one
+    /// denoiser call per generated token; `steps`, `eps` and `noise_removal` do not apply.
     FirstHitting,
-    /// Ours: confidence-based parallel decoding.
+    /// Ours: confidence-ordered parallel decoding (MaskGIT; LLaDA's low-confidence remasking):
+    /// `steps` denoiser calls, each unmasking the most confident masked positions per
+    /// `sampling.confidence_*`. Not a sampler of the model's distribution; `noise_removal` does
+    /// not apply.
     Confidence,
 }
 

@@ -95,26 +95,32 @@ fn status(code: u16, error_code: Option<&str>, message: Option<&str>, at: &Attem
             "{} does not exist at {endpoint} ({code}); the repo does not hold the file mdlm needs at revision '{rev}' — check the repo id",
             at.what()
         ),
-        (_, Some("GatedRepo")) => format!(
-            "'{id}' is gated ({code}{said}), so {} cannot be fetched: accept its conditions on {}, and {}",
-            at.what(),
-            at.repo.page(endpoint),
-            at.token_hint()
-        ),
+        // A gated repo, or a 401/403 without the Hub's code: a token (and, for a gated repo,
+        // accepted conditions) is what is missing.
+        (401 | 403, code_name) => {
+            let why = match (code_name, code) {
+                (Some("GatedRepo"), _) => format!(
+                    "'{id}' is gated ({code}{said}), so {} cannot be fetched",
+                    at.what()
+                ),
+                (_, 401) => format!(
+                    "{} needs authentication at {endpoint} (401{said}); the repo may be private or gated",
+                    at.what()
+                ),
+                _ => format!(
+                    "access to {} was refused at {endpoint} (403{said}); the repo is private or gated",
+                    at.what()
+                ),
+            };
+            format!(
+                "{why}: accept its conditions on {} if it has any, and {}",
+                at.repo.page(endpoint),
+                at.token_hint()
+            )
+        }
         (404, _) => format!(
             "{} was not found at {endpoint} (404): the repo, its revision '{rev}' or the file does not exist; check {id}@{rev}",
             at.what()
-        ),
-        (401, _) => format!(
-            "{} needs authentication at {endpoint} (401{said}); the repo may be private or gated: {}",
-            at.what(),
-            at.token_hint()
-        ),
-        (403, _) => format!(
-            "access to {} was refused at {endpoint} (403{said}); the repo is private or gated: accept its conditions on {}, and {}",
-            at.what(),
-            at.repo.page(endpoint),
-            at.token_hint()
         ),
         (429, _) => format!(
             "the Hub at {endpoint} is rate-limiting requests for {} (429); wait a minute and run again (a token, HF_TOKEN, raises the limit)",

@@ -56,36 +56,8 @@ impl Denoiser for ModelDenoiser<'_> {
     }
 }
 
-/// The reverse-process sampler.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Predictor {
-    /// Ancestral steps on the `linspace(1, eps, steps + 1)` grid (reference: `_ddpm_update`).
-    Ddpm,
-    /// Ddpm that reuses p(x0 | xt) while x is unchanged (log-linear noise, no time conditioning).
-    DdpmCache,
-    /// SEDD's analytic (tau-leaping) update; noise removal is its denoiser step, not an argmax.
-    Analytic,
-    /// Exact absorbing-diffusion sampling one unmasking at a time (Zheng et al., 2024): one
-    /// denoiser call per generated token; `steps`, `eps` and `noise_removal` do not apply.
-    FirstHitting,
-    /// Confidence-ordered parallel decoding (MaskGIT; LLaDA's low-confidence remasking): `steps`
-    /// denoiser calls, each unmasking the most confident masked positions per
-    /// [`ConfidenceRule`]. Not a sampler of the model's distribution; `noise_removal` does not
-    /// apply.
-    Confidence,
-}
-
-impl From<config::Predictor> for Predictor {
-    fn from(p: config::Predictor) -> Predictor {
-        match p {
-            config::Predictor::Ddpm => Predictor::Ddpm,
-            config::Predictor::DdpmCache => Predictor::DdpmCache,
-            config::Predictor::Analytic => Predictor::Analytic,
-            config::Predictor::FirstHitting => Predictor::FirstHitting,
-            config::Predictor::Confidence => Predictor::Confidence,
-        }
-    }
-}
+/// The reverse-process sampler: the config's own enum (one list of samplers, documented there).
+pub use crate::config::Predictor;
 
 /// How many masked positions a [`Predictor::Confidence`] step unmasks.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -149,7 +121,7 @@ impl SampleSpec {
     /// The spec `sampling.*` asks for, rows of `batch` x `length`.
     pub fn from_config(s: &config::Sampling, batch: i64, length: i64, held: Option<Held>) -> Self {
         SampleSpec {
-            predictor: s.predictor.into(),
+            predictor: s.predictor,
             steps: s.steps as i64,
             eps: 1e-5,
             noise_removal: s.noise_removal,
