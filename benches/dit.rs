@@ -12,7 +12,7 @@ use mdlm::backbone::{Backbone, Dit, DitConfig};
 use mdlm::diffusion::Draws;
 use mdlm::sample::categorical::TorchUniforms;
 use mdlm::sample::ddpm::DrawMode;
-use mdlm::sample::{self, ModelDenoiser, Predictor, SampleSpec};
+use mdlm::sample::{self, ModelDenoiser, Predictor, SampleSpec, StepAt};
 use std::time::Instant;
 use tch::{Kind, Tensor, nn};
 
@@ -109,11 +109,13 @@ fn main() {
         let mut u = TorchUniforms { kind: Kind::Double };
         let one = time(device, warmup, iters, || {
             let _ = sample::ddpm::step(
-                &den,
-                &diff,
-                &xt,
-                &t,
-                1.0 / 128.0,
+                StepAt {
+                    den: &den,
+                    diff: &diff,
+                    x: &xt,
+                    t: &t,
+                    dt: 1.0 / 128.0,
+                },
                 DrawMode::Reference,
                 &mut u,
             );

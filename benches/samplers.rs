@@ -14,7 +14,7 @@ use mdlm::backbone::{Dit, DitConfig};
 use mdlm::sample::categorical::TorchUniforms;
 use mdlm::sample::ddpm::DrawMode;
 use mdlm::sample::semi_ar::{self, SemiArSpec};
-use mdlm::sample::{ModelDenoiser, analytic, ddpm, ddpm_cache};
+use mdlm::sample::{ModelDenoiser, StepAt, analytic, ddpm, ddpm_cache};
 use std::time::Instant;
 use tch::{Kind, Tensor, nn};
 
@@ -67,26 +67,69 @@ fn main() {
         let _ = tch::no_grad(|| diff.forward(&dit, &xt, &t.reshape([-1]), false));
     });
     let ddpm_step = time(device, warmup, iters, || {
-        let _ = ddpm::step(&den, &diff, &xt, &t, dt, DrawMode::Reference, &mut u);
+        let _ = ddpm::step(
+            StepAt {
+                den: &den,
+                diff: &diff,
+                x: &xt,
+                t: &t,
+                dt,
+            },
+            DrawMode::Reference,
+            &mut u,
+        );
     });
     let cache_miss = time(device, warmup, iters, || {
-        let _ = ddpm_cache::step(&den, &diff, &xt, &t, dt, None, DrawMode::Reference, &mut u);
+        let _ = ddpm_cache::step(
+            StepAt {
+                den: &den,
+                diff: &diff,
+                x: &xt,
+                t: &t,
+                dt,
+            },
+            None,
+            DrawMode::Reference,
+            &mut u,
+        );
     });
-    let (p_x0, _) = ddpm_cache::step(&den, &diff, &xt, &t, dt, None, DrawMode::Reference, &mut u);
+    let (p_x0, _) = ddpm_cache::step(
+        StepAt {
+            den: &den,
+            diff: &diff,
+            x: &xt,
+            t: &t,
+            dt,
+        },
+        None,
+        DrawMode::Reference,
+        &mut u,
+    );
     let cache_hit = time(device, warmup, iters, || {
         let _ = ddpm_cache::step(
-            &den,
-            &diff,
-            &xt,
-            &t,
-            dt,
+            StepAt {
+                den: &den,
+                diff: &diff,
+                x: &xt,
+                t: &t,
+                dt,
+            },
             Some(p_x0.shallow_clone()),
             DrawMode::Reference,
             &mut u,
         );
     });
     let analytic_step = time(device, warmup, iters, || {
-        let _ = analytic::step(&den, &diff, &xt, &t, dt, &mut u);
+        let _ = analytic::step(
+            StepAt {
+                den: &den,
+                diff: &diff,
+                x: &xt,
+                t: &t,
+                dt,
+            },
+            &mut u,
+        );
     });
     let denoiser_step = time(device, warmup, iters, || {
         let _ = analytic::denoise(&den, &diff, &xt, &t, &mut u);

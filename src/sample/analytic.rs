@@ -6,8 +6,8 @@
 //! its score puts all mass there), and the model output is read as a ratio of marginals (a
 //! "score") rather than as p(x0 | xt).
 
-use super::Denoiser;
 use super::categorical::{self, Uniforms};
+use super::{Denoiser, StepAt};
 use crate::diffusion::{Diffusion, Parameterization, subs::NEG_INFINITY};
 use tch::{Kind, Tensor};
 
@@ -30,14 +30,14 @@ pub struct AnalyticStep {
 }
 
 /// One step from `t` (`[B, 1]`) to `t - dt`.
-pub fn step(
-    den: &dyn Denoiser,
-    diff: &Diffusion,
-    x: &Tensor,
-    t: &Tensor,
-    dt: f64,
-    u: &mut dyn Uniforms,
-) -> AnalyticStep {
+pub fn step(at: StepAt, u: &mut dyn Uniforms) -> AnalyticStep {
+    let StepAt {
+        den,
+        diff,
+        x,
+        t,
+        dt,
+    } = at;
     let curr_sigma = diff.noise.total(t);
     let next_sigma = diff.noise.total(&(t - dt));
     update(den, diff, x, curr_sigma, next_sigma, false, u)
@@ -215,7 +215,14 @@ mod tests {
         let t = Tensor::full([2, 1], 0.6, (Kind::Float, tch::Device::Cpu));
         let mut u = TorchUniforms { kind: Kind::Double };
         for _ in 0..20 {
-            let next = step(&den, &diff, &x, &t, 0.1, &mut u).x_next;
+            let at = StepAt {
+                den: &den,
+                diff: &diff,
+                x: &x,
+                t: &t,
+                dt: 0.1,
+            };
+            let next = step(at, &mut u).x_next;
             let kept = x.ne(m);
             assert!(next.masked_select(&kept).equal(&x.masked_select(&kept)));
             let done = denoise(&den, &diff, &x, &t, &mut u).x_next;

@@ -1,8 +1,7 @@
 //! Ancestral (DDPM-style) update of the reverse process (reference: `Diffusion._ddpm_update`).
 
-use super::Denoiser;
+use super::StepAt;
 use super::categorical::{self, Uniforms};
-use crate::diffusion::Diffusion;
 use tch::Tensor;
 
 /// How the categorical draw of a reverse step is made. Both give the same distribution.
@@ -19,15 +18,14 @@ pub enum DrawMode {
 }
 
 /// One step from time `t` (`[B, 1]`) to `t - dt`; only masked positions may change.
-pub fn step(
-    den: &dyn Denoiser,
-    diff: &Diffusion,
-    x: &Tensor,
-    t: &Tensor,
-    dt: f64,
-    mode: DrawMode,
-    u: &mut dyn Uniforms,
-) -> Tensor {
+pub fn step(at: StepAt, mode: DrawMode, u: &mut dyn Uniforms) -> Tensor {
+    let StepAt {
+        den,
+        diff,
+        x,
+        t,
+        dt,
+    } = at;
     let sigma_t = diff.noise.total(t).reshape([-1]);
     let sigma_s = diff.noise.total(&(t - dt)).reshape([-1]);
     let mc_t = (sigma_t.neg().exp().neg() + 1.0).view([-1, 1, 1]);

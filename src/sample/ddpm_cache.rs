@@ -3,25 +3,27 @@
 //! so an unchanged xt needs no new forward pass — most steps of a long schedule change nothing.
 //! Log-linear noise only: it takes the move chance to be `t` itself, as the reference does.
 
-use super::Denoiser;
 use super::categorical::Uniforms;
 use super::ddpm::{DrawMode, reverse_draw};
+use super::{Denoiser, StepAt};
 use crate::diffusion::Diffusion;
 use tch::Tensor;
 
 /// One step from `t` (`[B, 1]` or `[B]`) to `t - dt`; `cache` is `p_x0` from the previous step
 /// when still valid. Returns the new `p_x0` and `x`.
-#[allow(clippy::too_many_arguments)]
 pub fn step(
-    den: &dyn Denoiser,
-    diff: &Diffusion,
-    x: &Tensor,
-    t: &Tensor,
-    dt: f64,
+    at: StepAt,
     cache: Option<Tensor>,
     mode: DrawMode,
     u: &mut dyn Uniforms,
 ) -> (Tensor, Tensor) {
+    let StepAt {
+        den,
+        diff,
+        x,
+        t,
+        dt,
+    } = at;
     let t = t.reshape([-1]);
     let p_x0 = cache.unwrap_or_else(|| den.log_probs(x, &diff.noise.total(&t)).exp());
     let mc_t = t.view([-1, 1, 1]);
@@ -75,7 +77,18 @@ impl<'a> Cache<'a> {
         } else {
             self.p_x0.take()
         };
-        let (p_x0, x_next) = step(den, diff, x, t, dt, cached, self.mode, u);
+        let (p_x0, x_next) = step(
+            StepAt {
+                den,
+                diff,
+                x,
+                t,
+                dt,
+            },
+            cached,
+            self.mode,
+            u,
+        );
         let x_next = pin(x_next);
         if self.per_row {
             self.stale = Some(x_next.ne_tensor(x).any_dim(1, false));

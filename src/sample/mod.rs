@@ -56,6 +56,17 @@ impl Denoiser for ModelDenoiser<'_> {
     }
 }
 
+/// One step of the reverse process: the state `x` at time `t`, moving to `t - dt` under the
+/// denoiser `den` and the diffusion `diff`. What every predictor's step starts from.
+#[derive(Clone, Copy)]
+pub struct StepAt<'a> {
+    pub den: &'a dyn Denoiser,
+    pub diff: &'a Diffusion,
+    pub x: &'a Tensor,
+    pub t: &'a Tensor,
+    pub dt: f64,
+}
+
 /// The reverse-process sampler: the config's own enum (one list of samplers, documented there).
 pub use crate::config::Predictor;
 
@@ -308,13 +319,31 @@ fn run_grid(den: &dyn Denoiser, spec: &SampleSpec, walk: &mut Reverse, mut x: Te
     for i in 0..spec.steps {
         let t = timesteps.get(i) * &ones;
         x = match spec.predictor {
-            Predictor::Ddpm => {
-                (walk.pin)(ddpm::step(den, diff, &x, &t, dt, spec.draws, walk.uniforms))
-            }
+            Predictor::Ddpm => (walk.pin)(ddpm::step(
+                StepAt {
+                    den,
+                    diff,
+                    x: &x,
+                    t: &t,
+                    dt,
+                },
+                spec.draws,
+                walk.uniforms,
+            )),
             Predictor::DdpmCache => cache.step(den, &x, &t, dt, walk.uniforms, walk.pin),
-            Predictor::Analytic => {
-                (walk.pin)(analytic::step(den, diff, &x, &t, dt, walk.uniforms).x_next)
-            }
+            Predictor::Analytic => (walk.pin)(
+                analytic::step(
+                    StepAt {
+                        den,
+                        diff,
+                        x: &x,
+                        t: &t,
+                        dt,
+                    },
+                    walk.uniforms,
+                )
+                .x_next,
+            ),
             Predictor::FirstHitting | Predictor::Confidence => unreachable!("not a grid predictor"),
         };
         (walk.on_step)(&x);

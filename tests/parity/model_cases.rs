@@ -7,7 +7,7 @@ use mdlm::backbone::{Dit, DitConfig, Precision, load::load_strict};
 use mdlm::diffusion::{Diffusion, Draws, Noise, Parameterization, loss::crop};
 use mdlm::sample::categorical::ReplayUniforms;
 use mdlm::sample::ddpm::DrawMode;
-use mdlm::sample::{self, Denoiser, ModelDenoiser, Predictor, SampleSpec};
+use mdlm::sample::{self, Denoiser, ModelDenoiser, Predictor, SampleSpec, StepAt};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use tch::{Device, Tensor, nn};
@@ -189,11 +189,13 @@ pub fn sampler_step(case: &Case) -> Result<()> {
             case.check("sigma_s", &m.diffusion.noise.total(&(&t - case.f64("dt")?)))?;
             case.check("log_p_x0", &den.log_probs(&x, &sigma_t.reshape([-1])))?;
             let x_next = sample::ddpm::step(
-                &den,
-                &m.diffusion,
-                &x,
-                &t,
-                case.f64("dt")?,
+                StepAt {
+                    den: &den,
+                    diff: &m.diffusion,
+                    x: &x,
+                    t: &t,
+                    dt: case.f64("dt")?,
+                },
                 DrawMode::Reference,
                 &mut u,
             );
@@ -202,11 +204,13 @@ pub fn sampler_step(case: &Case) -> Result<()> {
         "step_ddpm_cache" => {
             case.check("sigma_t", &m.diffusion.noise.total(&t))?;
             let (p_x0, x_next) = sample::ddpm_cache::step(
-                &den,
-                &m.diffusion,
-                &x,
-                &t,
-                case.f64("dt")?,
+                StepAt {
+                    den: &den,
+                    diff: &m.diffusion,
+                    x: &x,
+                    t: &t,
+                    dt: case.f64("dt")?,
+                },
                 None,
                 DrawMode::Reference,
                 &mut u,

@@ -6,7 +6,7 @@ use crate::model_cases::{self, model_of};
 use anyhow::{Result, bail};
 use mdlm::sample::categorical::ReplayUniforms;
 use mdlm::sample::semi_ar::{self, SemiArSpec};
-use mdlm::sample::{self, ModelDenoiser, Predictor, SampleSpec, analytic};
+use mdlm::sample::{self, ModelDenoiser, Predictor, SampleSpec, StepAt, analytic};
 use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
 
@@ -25,7 +25,16 @@ pub fn sampler_step(case: &Case) -> Result<()> {
     let t = case.t("t")?;
     let mut u = ReplayUniforms::new(vec![case.t("u")?]);
     let got: BTreeMap<&str, Tensor> = if analytic_step {
-        let s = analytic::step(&den, &m.diffusion, &x, &t, case.f64("dt")?, &mut u);
+        let s = analytic::step(
+            StepAt {
+                den: &den,
+                diff: &m.diffusion,
+                x: &x,
+                t: &t,
+                dt: case.f64("dt")?,
+            },
+            &mut u,
+        );
         BTreeMap::from([
             ("curr_sigma", s.curr_sigma),
             ("next_sigma", s.next_sigma),
