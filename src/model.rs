@@ -62,23 +62,14 @@ impl Model {
         }
     }
 
-    /// The diffusion NELBO for a DiT (fresh uniform draws from libtorch's generator), the
-    /// next-token loss for the AR baseline.
+    /// The diffusion NELBO for a DiT or DiMamba (fresh uniform draws from libtorch's generator),
+    /// the next-token loss for the AR baseline.
+    ///
+    /// With `share`, this data-parallel rank holds rows `share.rank` (stride `share.world`) of the
+    /// global batch: the diffusion draws are the global batch's rows (see [`Draws::sample_rows`]),
+    /// and in training the generator is then reseeded per rank so that dropout differs between
+    /// replicas. Evaluation has no dropout, and reseeding there would break the draws' continuity.
     pub fn batch_loss(
-        &self,
-        diffusion: &Diffusion,
-        x0: &Tensor,
-        mask: &Tensor,
-        train: bool,
-    ) -> Result<BatchLoss> {
-        self.batch_loss_rows(diffusion, x0, mask, train, None)
-    }
-
-    /// [`Model::batch_loss`] for one data-parallel rank holding rows `share.rank` (stride
-    /// `share.world`) of the global batch: the diffusion draws are the global batch's rows (see
-    /// [`Draws::sample_rows`]), and the generator is then reseeded per rank so that dropout
-    /// differs between replicas.
-    pub fn batch_loss_rows(
         &self,
         diffusion: &Diffusion,
         x0: &Tensor,
@@ -86,23 +77,27 @@ impl Model {
         train: bool,
         share: Option<RowShare>,
     ) -> Result<BatchLoss> {
-        let draws = |b: i64, l: i64, dev: Device| {
-            let d = match share {
-                Some(s) => {
-                    Draws::sample_rows(b, l, dev, s.rank, s.world, diffusion.antithetic_sampling)
-                }
-                None => Draws::sample(b, l, dev),
-            };
-            // Evaluation has no dropout, and reseeding there would break the draws' continuity.
+        let reseed_for_dropout = || {
             if let Some(s) = share.filter(|s| s.world > 1 && train) {
                 tch::manual_seed(s.rank_seed);
             }
-            d
         };
         match &self.net {
             Net::Dit(_) | Net::DiMamba(_) => {
                 let (b, l) = x0.size2()?;
-                let draws = draws(b, l, x0.device());
+                let dev = x0.device();
+                let draws = match share {
+                    Some(s) => Draws::sample_rows(
+                        b,
+                        l,
+                        dev,
+                        s.rank,
+                        s.world,
+                        diffusion.antithetic_sampling,
+                    ),
+                    None => Draws::sample(b, l, dev),
+                };
+                reseed_for_dropout();
                 let p = diffusion.loss(self.backbone(), x0, mask, &draws, train)?;
                 Ok(BatchLoss {
                     loss: p.loss,
@@ -111,9 +106,7 @@ impl Model {
                 })
             }
             Net::Ar(ar) => {
-                if let Some(s) = share.filter(|s| s.world > 1 && train) {
-                    tch::manual_seed(s.rank_seed);
-                }
+                reseed_for_dropout();
                 let p = diffusion::ar::loss(ar, x0, mask, diffusion.mask_index, train);
                 Ok(BatchLoss {
                     loss: p.loss,

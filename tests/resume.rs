@@ -64,7 +64,7 @@ fn run_until(cache: &std::path::Path, run: &std::path::Path, stop_after: Option<
     assert_eq!(p.accumulate, 2, "global 8 / batch 4");
     p.progress = false;
     trainer::train(
-        &p, &model, &ema_model, &diffusion, &mut tl, &mut vl, stop_after,
+        &p, &model, &ema_model, &diffusion, &mut tl, &mut vl, stop_after, None,
     )
     .unwrap();
 }

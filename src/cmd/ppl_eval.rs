@@ -47,7 +47,7 @@ pub fn run(cfg: Config) -> Result<PplRow> {
         .trainer
         .limit_val_batches
         .of(loader.num_batches() as u64) as usize;
-    let m = trainer::validate(&model, &diffusion, &mut loader, n, cfg.seed)?;
+    let m = trainer::validate(&model, &diffusion, &mut loader, n, cfg.seed, None)?;
     println!(
         "{source} on {} {} ({n} batches, {} tokens): nll {:.4} | bpd {:.4} | ppl {:.3}",
         cfg.data.valid,

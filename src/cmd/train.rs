@@ -21,39 +21,39 @@ pub fn main(cfg: Config) -> Result<()> {
     let devices = cfg.trainer.devices.unwrap_or(1);
     let nodes = cfg.trainer.num_nodes.max(1);
     if launch.is_none() && devices * nodes > 1 {
-        if nodes > 1 {
-            bail!(
-                "trainer.num_nodes={nodes}: a multi-node run needs a launcher on every node (srun, see scripts/train_owt_mdlm.sh, or RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT per process)"
-            );
-        }
-        // The batch arithmetic fails here, before any process or process group exists.
-        let mut resolved = cfg.clone();
-        resolved.resolve_devices(devices);
-        resolved.validate()?;
-        resolved.check_data_parallel(devices)?;
-        // Every rank must use the run directory this process resolved (it may hold `${now:}`).
-        let args: Vec<String> = std::env::args()
-            .skip(1)
-            .chain([format!("hydra.run.dir={}", cfg.run_dir().display())])
-            .collect();
-        let exe = std::env::current_exe().context("locating the mdlm executable")?;
-        eprintln!(
-            "starting {devices} ranks on this machine (one per device); run dir {}",
-            cfg.run_dir().display()
-        );
-        let grace = Duration::from_secs_f64(cfg.trainer.dist_timeout_s + 30.0);
-        return dist::launch::spawn_local(&exe, &args, devices, grace);
+        return launch_locally(cfg, devices, nodes);
     }
-    run_rank(cfg, launch.as_ref()).map(|_| ())
+    run(cfg, launch.as_ref()).map(|_| ())
 }
 
-/// Trains in this process alone.
-pub fn run(cfg: Config) -> Result<TrainOutcome> {
-    run_rank(cfg, None)
+/// Starts one rank per device on this machine, each re-running this command line.
+fn launch_locally(cfg: Config, devices: usize, nodes: usize) -> Result<()> {
+    if nodes > 1 {
+        bail!(
+            "trainer.num_nodes={nodes}: a multi-node run needs a launcher on every node (srun, see scripts/train_owt_mdlm.sh, or RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT per process)"
+        );
+    }
+    // The batch arithmetic fails here, before any process or process group exists.
+    let mut resolved = cfg.clone();
+    resolved.resolve_devices(devices);
+    resolved.validate()?;
+    resolved.check_data_parallel(devices)?;
+    // Every rank must use the run directory this process resolved (it may hold `${now:}`).
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .chain([format!("hydra.run.dir={}", cfg.run_dir().display())])
+        .collect();
+    let exe = std::env::current_exe().context("locating the mdlm executable")?;
+    eprintln!(
+        "starting {devices} ranks on this machine (one per device); run dir {}",
+        cfg.run_dir().display()
+    );
+    let grace = Duration::from_secs_f64(cfg.trainer.dist_timeout_s + 30.0);
+    dist::launch::spawn_local(&exe, &args, devices, grace)
 }
 
-/// Trains as rank `launch.rank` of a data-parallel run (or alone with `None`).
-pub fn run_rank(cfg: Config, launch: Option<&Launch>) -> Result<TrainOutcome> {
+/// Trains as rank `launch.rank` of a data-parallel run, or alone with `None`.
+pub fn run(cfg: Config, launch: Option<&Launch>) -> Result<TrainOutcome> {
     let Run {
         cfg,
         device,
@@ -63,15 +63,7 @@ pub fn run_rank(cfg: Config, launch: Option<&Launch>) -> Result<TrainOutcome> {
     if main {
         eprintln!("{}", cfg.tree());
     }
-    let pg = match launch {
-        Some(l) => {
-            let timeout = Duration::from_secs_f64(cfg.trainer.dist_timeout_s);
-            let pg = ProcessGroup::init(l, Backend::for_device(device), timeout)?;
-            same_run(&pg, &cfg)?;
-            Some(pg)
-        }
-        None => None,
-    };
+    let pg = join_group(&cfg, launch, device)?;
     let (rank, world) = pg.as_ref().map_or((0, 1), |p| (p.rank(), p.world()));
     let batch = cfg
         .loader
@@ -81,21 +73,7 @@ pub fn run_rank(cfg: Config, launch: Option<&Launch>) -> Result<TrainOutcome> {
         .loader
         .eval_batch_size
         .context("loader.eval_batch_size unresolved")?;
-    // Rank 0 prepares the data first; the others then open what it wrote.
-    let data = match &pg {
-        Some(pg) if pg.is_main() => {
-            let d = TrainData::new(&cfg, batch, device, rank, world)?;
-            pg.barrier()
-                .context("waiting for the other ranks after preparing data")?;
-            d
-        }
-        Some(pg) => {
-            pg.barrier()
-                .context("waiting for rank 0 to prepare the data")?;
-            TrainData::new(&cfg, batch, device, rank, world)?
-        }
-        None => TrainData::new(&cfg, batch, device, rank, world)?,
-    };
+    let data = TrainData::rank_zero_first(&cfg, pg.as_ref(), batch, device)?;
     let (vocab_size, mask_index) = setup::vocab(data.tokenizer.as_ref());
     let diffusion = setup::diffusion(&cfg, vocab_size, mask_index)?;
     let model = setup::build_model(&cfg, vocab_size, device)?;
@@ -103,39 +81,18 @@ pub fn run_rank(cfg: Config, launch: Option<&Launch>) -> Result<TrainOutcome> {
     if let Some(pg) = &pg {
         dist::ddp::broadcast_params(pg, &model.params())?;
     }
-    let TrainData {
-        mut train_loader,
-        train_blocks,
-        train_block_size,
-        valid,
-        tokenizer,
-    } = data;
-    let mut valid_loader = Loader::eval(valid.clone(), eval_batch)?
+    let mut valid_loader = Loader::eval(data.valid.clone(), eval_batch)?
         .shard(rank, world)?
         .with_device(device);
-    let mut plan = plan(
-        &cfg,
-        &run_dir,
-        train_blocks.map(|n| (n / world / batch) as u64),
-        valid_loader.num_batches() as u64,
-    )?;
-    plan.progress = main;
-    if train_block_size == 2 * cfg.model.length {
-        plan.crop = Some((cfg.model.length as i64, tokenizer.bos_id() as i64));
-        if main {
-            eprintln!(
-                "{}: training blocks of {train_block_size} are cropped to random windows of {} (BOS first)",
-                cfg.data.train, cfg.model.length
-            );
-        }
-    }
+    let plan = rank_plan(&cfg, &run_dir, &data, batch, world, &valid_loader, main)?;
     if main {
         eprintln!(
             "run dir {} | device {device:?} | {} parameters | vocab {vocab_size} (mask {mask_index}) | {} train / {} valid blocks of {} | batch {batch} x {world} ranks x accumulate {}",
             run_dir.display(),
             model.num_params(),
-            train_blocks.map_or("streamed".to_string(), |n| n.to_string()),
-            valid.len(),
+            data.train_blocks
+                .map_or("streamed".to_string(), |n| n.to_string()),
+            data.valid.len(),
             cfg.model.length,
             plan.accumulate
         );
@@ -143,7 +100,8 @@ pub fn run_rank(cfg: Config, launch: Option<&Launch>) -> Result<TrainOutcome> {
             eprintln!("resuming from {}", p.display());
         }
     }
-    let out = trainer::train_dp(
+    let mut train_loader = data.train_loader;
+    let out = trainer::train(
         &plan,
         &model,
         &ema_model,
@@ -156,9 +114,60 @@ pub fn run_rank(cfg: Config, launch: Option<&Launch>) -> Result<TrainOutcome> {
     if let Some(pg) = pg {
         pg.shutdown()?;
     }
-    if !main {
-        return Ok(out);
+    if main {
+        report(&out);
     }
+    Ok(out)
+}
+
+/// Joins `launch`'s process group (none without a launcher) and checks that every rank trains
+/// the same run.
+fn join_group(
+    cfg: &Config,
+    launch: Option<&Launch>,
+    device: tch::Device,
+) -> Result<Option<ProcessGroup>> {
+    let Some(l) = launch else {
+        return Ok(None);
+    };
+    let timeout = Duration::from_secs_f64(cfg.trainer.dist_timeout_s);
+    let pg = ProcessGroup::init(l, Backend::for_device(device), timeout)?;
+    same_run(&pg, cfg)?;
+    Ok(Some(pg))
+}
+
+/// [`plan`] for this rank: its share of an epoch, the progress bar on rank 0 only, and
+/// text8-crop when the training blocks are twice the model length.
+fn rank_plan(
+    cfg: &Config,
+    run_dir: &std::path::Path,
+    data: &TrainData,
+    batch: usize,
+    world: usize,
+    valid_loader: &Loader,
+    main: bool,
+) -> Result<TrainPlan> {
+    let mut plan = plan(
+        cfg,
+        run_dir,
+        data.train_blocks.map(|n| (n / world / batch) as u64),
+        valid_loader.num_batches() as u64,
+    )?;
+    plan.progress = main;
+    if data.train_block_size == 2 * cfg.model.length {
+        plan.crop = Some((cfg.model.length as i64, data.tokenizer.bos_id() as i64));
+        if main {
+            eprintln!(
+                "{}: training blocks of {} are cropped to random windows of {} (BOS first)",
+                cfg.data.train, data.train_block_size, cfg.model.length
+            );
+        }
+    }
+    Ok(plan)
+}
+
+/// Rank 0's summary: throughput on stderr, the validation numbers and checkpoint on stdout.
+fn report(out: &TrainOutcome) {
     eprintln!(
         "trained {} steps, {:.0} tokens/s, last loss {:.4}",
         out.steps, out.tokens_per_s, out.last_loss
@@ -174,7 +183,6 @@ pub fn run_rank(cfg: Config, launch: Option<&Launch>) -> Result<TrainOutcome> {
     if let Some(p) = &out.last_checkpoint {
         println!("checkpoint {}", p.display());
     }
-    Ok(out)
 }
 
 /// The training batches (a prepared split, or a stream with `data.streaming=true`), the prepared
@@ -189,6 +197,29 @@ struct TrainData {
 }
 
 impl TrainData {
+    /// Rank 0 prepares the data first; the others then open what it wrote.
+    fn rank_zero_first(
+        cfg: &Config,
+        pg: Option<&ProcessGroup>,
+        batch: usize,
+        device: tch::Device,
+    ) -> Result<TrainData> {
+        let Some(pg) = pg else {
+            return TrainData::new(cfg, batch, device, 0, 1);
+        };
+        let (rank, world) = (pg.rank(), pg.world());
+        if pg.is_main() {
+            let d = TrainData::new(cfg, batch, device, rank, world)?;
+            pg.barrier()
+                .context("waiting for the other ranks after preparing data")?;
+            Ok(d)
+        } else {
+            pg.barrier()
+                .context("waiting for rank 0 to prepare the data")?;
+            TrainData::new(cfg, batch, device, rank, world)
+        }
+    }
+
     fn new(
         cfg: &Config,
         batch: usize,

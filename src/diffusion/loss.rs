@@ -4,6 +4,7 @@
 //! Randomness enters only through [`Draws`], so a test can replay the reference's exact draws and
 //! training can use the device generator.
 
+use super::noise::{log_move_chance, move_chance};
 use super::{Diffusion, Parameterization};
 use crate::backbone::Backbone;
 use anyhow::Result;
@@ -115,28 +116,15 @@ impl Diffusion {
         }
         let (sigma, dsigma, conditioning, move_chance) = if self.change_of_variables {
             let dev = t.device();
-            let f_t = self
-                .noise
-                .sigma_max()
-                .to_device(dev)
-                .neg()
-                .exp()
-                .neg()
-                .log1p();
-            let f_0 = self
-                .noise
-                .sigma_min()
-                .to_device(dev)
-                .neg()
-                .exp()
-                .neg()
-                .log1p();
+            // The log move chance is linear in t between its values at sigma_min and sigma_max.
+            let f_t = log_move_chance(&self.noise.sigma_max().to_device(dev));
+            let f_0 = log_move_chance(&self.noise.sigma_min().to_device(dev));
             let mc = (&f_0 + &t * (&f_t - &f_0)).exp().unsqueeze(1);
             (None, None, t.unsqueeze(1), mc)
         } else {
             let sigma = self.noise.total(&t);
             let dsigma = self.noise.rate(&t);
-            let mc = sigma.unsqueeze(1).neg().exp().neg() + 1.0;
+            let mc = move_chance(&sigma.unsqueeze(1));
             let cond = sigma.unsqueeze(1);
             (Some(sigma), Some(dsigma), cond, mc)
         };
@@ -164,15 +152,7 @@ impl Diffusion {
                     .gather(2, &x0.unsqueeze(-1), false)
                     .squeeze_dim(-1);
                 if self.change_of_variables || self.importance_sampling {
-                    let c = self
-                        .noise
-                        .sigma_min()
-                        .to_device(t.device())
-                        .neg()
-                        .exp()
-                        .neg()
-                        .log1p();
-                    log_p * c
+                    log_p * log_move_chance(&self.noise.sigma_min().to_device(t.device()))
                 } else {
                     let (sigma, dsigma) = (sigma.as_ref().unwrap(), dsigma.as_ref().unwrap());
                     -log_p * (dsigma / sigma.expm1()).unsqueeze(1)
@@ -202,8 +182,8 @@ impl Diffusion {
         let tt = self.t_steps as f64;
         let dt = 1.0 / tt;
         let t = t.unsqueeze(1).clamp(0.0, 1.0 - 1e-4); // [B, 1]
-        let alpha_t = t.neg() + 1.0;
-        let alpha_s = (&t - dt).neg() + 1.0;
+        let alpha_t = 1.0 - &t;
+        let alpha_s = 1.0 - (&t - dt);
         let log_at_x0 = model_output
             .gather(2, &x0.unsqueeze(-1), false)
             .squeeze_dim(-1);
@@ -211,7 +191,7 @@ impl Diffusion {
         let coef1 = t.reciprocal() * dt; // dt / t
         let log_nr = (&alpha_t * &p_m / &t + 1.0).log();
         let log_dr2 = (&alpha_s * &p_m / (&t - dt) + 1.0).log();
-        let l = &coef1 * (&log_nr - log_at_x0) + (coef1.neg() + 1.0) * (&log_nr - log_dr2);
+        let l = &coef1 * (&log_nr - log_at_x0) + (1.0 - &coef1) * (&log_nr - log_dr2);
         l * masked.to_kind(Kind::Float) * tt
     }
 

@@ -24,13 +24,13 @@ impl Noise {
     /// sigma(t), same shape as `t`.
     pub fn total(&self, t: &Tensor) -> Tensor {
         match *self {
-            Noise::LogLinear { eps } => -((t * (1.0 - eps)).neg().log1p()),
+            Noise::LogLinear { eps } => -(-(t * (1.0 - eps))).log1p(),
             Noise::Geometric {
                 sigma_min,
                 sigma_max,
             } => {
                 let (lo, hi) = geometric_bounds(sigma_min, sigma_max, t);
-                lo.pow(&(t.neg() + 1.0)) * hi.pow(t)
+                lo.pow(&(1.0 - t)) * hi.pow(t)
             }
             Noise::Cosine { eps } => {
                 let cos = (t * HALF_PI).cos();
@@ -53,13 +53,13 @@ impl Noise {
     /// dsigma/dt, same shape as `t` (the reference's 0-d rate of `Linear` is broadcast here).
     pub fn rate(&self, t: &Tensor) -> Tensor {
         match *self {
-            Noise::LogLinear { eps } => t.full_like(1.0 - eps) / ((t * (1.0 - eps)).neg() + 1.0),
+            Noise::LogLinear { eps } => t.full_like(1.0 - eps) / (1.0 - t * (1.0 - eps)),
             Noise::Geometric {
                 sigma_min,
                 sigma_max,
             } => {
                 let (lo, hi) = geometric_bounds(sigma_min, sigma_max, t);
-                lo.pow(&(t.neg() + 1.0)) * hi.pow(t) * (hi.log() - lo.log())
+                lo.pow(&(1.0 - t)) * hi.pow(t) * (hi.log() - lo.log())
             }
             Noise::Cosine { eps } => {
                 let cos = (t * HALF_PI).cos() * (1.0 - eps);
@@ -105,11 +105,12 @@ impl Noise {
     /// The reference's `importance_sampling_transformation` (log-linear and linear only).
     pub fn importance_sampling_transformation(&self, t: &Tensor) -> anyhow::Result<Tensor> {
         let dev = t.device();
-        let f_t = (self.sigma_max().to_device(dev).neg().exp().neg()).log1p();
-        let f_0 = (self.sigma_min().to_device(dev).neg().exp().neg()).log1p();
-        let sigma_t = -((t * &f_t + (t.neg() + 1.0) * &f_0).exp().neg().log1p());
+        let f_t = log_move_chance(&self.sigma_max().to_device(dev));
+        let f_0 = log_move_chance(&self.sigma_min().to_device(dev));
+        // The sigma whose log move chance is the interpolation: sigma = -log(1 - e^f).
+        let sigma_t = -(-(t * &f_t + (1f64 - t) * &f_0).exp()).log1p();
         match *self {
-            Noise::LogLinear { eps } => Ok(sigma_t.neg().expm1().neg() / (1.0 - eps)),
+            Noise::LogLinear { eps } => Ok(-(-&sigma_t).expm1() / (1.0 - eps)),
             Noise::Linear { .. } => {
                 let lo = self.sigma_min().to_device(dev);
                 let hi = self.sigma_max().to_device(dev);
@@ -120,6 +121,18 @@ impl Noise {
             ),
         }
     }
+}
+
+/// `1 - e^{-sigma}`: the probability that a token is masked under total noise `sigma` (MDLM's
+/// `1 - alpha_t`).
+pub fn move_chance(sigma: &Tensor) -> Tensor {
+    1.0 - (-sigma).exp()
+}
+
+/// `log(1 - e^{-sigma})`, computed as the reference does, `log1p(-e^{-sigma})`: accurate where
+/// `e^{-sigma}` is small, and bit-identical to the reference's numbers.
+pub fn log_move_chance(sigma: &Tensor) -> Tensor {
+    (-(-sigma).exp()).log1p()
 }
 
 fn geometric_bounds(lo: f64, hi: f64, t: &Tensor) -> (Tensor, Tensor) {

@@ -3,4 +3,6 @@
 pub mod ema;
 pub mod lr;
 pub mod optim;
+mod seeds;
+mod state;
 pub mod trainer;

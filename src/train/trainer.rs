@@ -1,30 +1,28 @@
 //! The training loop, top to bottom, in the order Lightning runs the reference's `Diffusion`
-//! module: per optimizer step, `accumulate` micro-batches of loss/accumulate backward, gradient
-//! clipping, AdamW, EMA update, then validation and checkpoints at their intervals.
+//! module: per optimizer step, `training_step` (`accumulate` micro-batches of loss/accumulate
+//! backward), gradient clipping, AdamW, EMA update, then `validation_step` and the checkpoint
+//! callback at their intervals. How the draws are seeded is in [`super::seeds`].
 //!
-//! Randomness is a function of (seed, step, micro-batch): every micro-batch reseeds libtorch's
-//! generators, so a run resumed from a checkpoint draws exactly what the uninterrupted run drew,
-//! with no generator state to save, and data-parallel ranks draw the rows of one global batch.
-//!
-//! Data parallel ([`train_dp`]): each rank holds a shard of every batch, gradients are averaged
+//! Data parallel (`dist` given): each rank holds a shard of every batch, gradients are averaged
 //! once per optimizer step (not per micro-batch), validation sums are added up across ranks, and
 //! only rank 0 writes checkpoints, metrics and the progress bar.
 
-use super::ema::Ema;
 use super::lr::LrSchedule;
-use super::optim::{AdamW, AdamWConfig, clip_grad_norm};
-use crate::checkpoint;
-use crate::data::loader::{Loader, LoaderState, TrainBatches};
+use super::optim::{AdamWConfig, clip_grad_norm};
+use super::seeds::{reseed_micro, reseed_validation, row_share};
+use super::state::TrainState;
+use crate::data::loader::{Loader, TrainBatches};
 use crate::diffusion::Diffusion;
 use crate::dist::ProcessGroup;
 use crate::dist::ddp::{self, GradReducer};
 use crate::eval::metrics::NllMeter;
-use crate::model::{Model, RowShare};
+use crate::model::Model;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use tch::Tensor;
 
 /// Everything the loop needs, as plain values (the command layer maps the config onto it).
 #[derive(Clone, Debug)]
@@ -66,76 +64,11 @@ pub struct TrainOutcome {
     pub last_loss: f64,
 }
 
-/// Seeds the generators for one optimizer step (or a validation pass) of the run.
-fn reseed(seed: u64, stream: u64, step: u64) {
-    tch::manual_seed(seed_of(seed, stream, step));
-}
-
-fn seed_of(seed: u64, stream: u64, step: u64) -> i64 {
-    let s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ stream.wrapping_mul(0xBF58_476D_1CE4_E5B9)
-        ^ step;
-    (s & 0x7FFF_FFFF_FFFF_FFFF) as i64
-}
-
-/// Micro-batch 0 keeps the step's seed (so runs without accumulation draw what they always
-/// drew); later micro-batches get streams of their own.
-fn reseed_micro(seed: u64, step: u64, micro: usize) {
-    if micro == 0 {
-        reseed(seed, TRAIN_STREAM, step);
-    } else {
-        reseed(seed, MICRO_STREAM + micro as u64, step);
-    }
-}
-
-const TRAIN_STREAM: u64 = 1;
-const VAL_STREAM: u64 = 2;
-/// Per-rank randomness (dropout) of data-parallel replicas.
-const RANK_STREAM: u64 = 3;
-/// Micro-batches 1, 2, ... use streams `MICRO_STREAM + micro`.
-const MICRO_STREAM: u64 = 1 << 32;
-
-/// The rows a rank holds at `(step, micro)`, `None` outside data parallelism.
-fn row_share(dist: Option<&ProcessGroup>, seed: u64, step: u64, micro: usize) -> Option<RowShare> {
-    let pg = dist?;
-    let key = step
-        .wrapping_mul(1 << 20)
-        .wrapping_add(micro as u64)
-        .wrapping_mul(1 << 12)
-        .wrapping_add(pg.rank() as u64);
-    Some(RowShare {
-        rank: pg.rank() as i64,
-        world: pg.world() as i64,
-        rank_seed: seed_of(seed, RANK_STREAM, key),
-    })
-}
-
-/// Runs `plan` from scratch or from `plan.resume_from`; `stop_after` ends early (as an
-/// interruption would) after that global step, with a checkpoint.
-pub fn train(
-    plan: &TrainPlan,
-    model: &Model,
-    ema_model: &Model,
-    diffusion: &Diffusion,
-    train_loader: &mut dyn TrainBatches,
-    valid_loader: &mut Loader,
-    stop_after: Option<u64>,
-) -> Result<TrainOutcome> {
-    train_dp(
-        plan,
-        model,
-        ema_model,
-        diffusion,
-        train_loader,
-        valid_loader,
-        stop_after,
-        None,
-    )
-}
-
-/// [`train`] as one rank of `dist` (loaders already sharded, weights already broadcast).
+/// Runs `plan` from scratch or from `plan.resume_from`, alone or as one rank of `dist` (loaders
+/// already sharded, weights already broadcast); `stop_after` ends early (as an interruption
+/// would) after that global step, with a checkpoint.
 #[allow(clippy::too_many_arguments)]
-pub fn train_dp(
+pub fn train(
     plan: &TrainPlan,
     model: &Model,
     ema_model: &Model,
@@ -145,210 +78,294 @@ pub fn train_dp(
     stop_after: Option<u64>,
     dist: Option<&ProcessGroup>,
 ) -> Result<TrainOutcome> {
-    let main = dist.is_none_or(|d| d.is_main());
-    let world = dist.map_or(1, |d| d.world());
     let params = model.params();
     let reducer = dist.map(|_| GradReducer::new(&params, plan.bucket_mb));
-    let mut opt = AdamW::new(&params, plan.adamw);
-    let mut ema = Ema::new(&params, plan.ema_decay);
-    let mut step: u64 = 0;
-    let mut batches: u64 = 0;
-    let mut best: Option<f64> = None;
+    let mut state = TrainState::new(params, plan.adamw, plan.ema_decay);
     let mut resumed_from = None;
-
     if let Some(path) = &plan.resume_from {
-        let ckpt = checkpoint::load(path)?;
-        checkpoint::load_into(&params, "", &ckpt)
-            .with_context(|| format!("resuming from {}", path.display()))?;
-        let all = ckpt.tensor_list();
-        opt.load_state(&all)?;
-        ema.load_state(&all)?;
-        step = ckpt.state["global_step"]
-            .as_u64()
-            .context("checkpoint state lacks global_step")?;
-        batches = ckpt.state["batches"]
-            .as_u64()
-            .unwrap_or(step * plan.accumulate as u64);
-        best = ckpt.state["best_val_nll"].as_f64();
-        let ls: LoaderState = serde_json::from_value(ckpt.state["loader"].clone())
-            .context("checkpoint loader state")?;
-        train_loader.restore(ls)?;
-        resumed_from = Some(step);
-        tracing::info!(step, path = %path.display(), "resumed");
+        state.resume(path, plan.accumulate, train_loader)?;
+        resumed_from = Some(state.step);
+        tracing::info!(step = state.step, path = %path.display(), "resumed");
+    }
+    let main = dist.is_none_or(|d| d.is_main());
+    let log = RunLog::open(plan, main, state.step)?;
+    let mut trainer = Trainer {
+        plan,
+        model,
+        ema_model,
+        diffusion,
+        train_loader,
+        valid_loader,
+        dist,
+        main,
+        reducer,
+        state,
+        log,
+    };
+    let end = stop_after.map_or(plan.max_steps, |s| s.min(plan.max_steps));
+    Ok(TrainOutcome {
+        resumed_from,
+        ..trainer.fit(end)?
+    })
+}
+
+/// One run's models, loaders and state, borrowed for the length of [`train`].
+struct Trainer<'a> {
+    plan: &'a TrainPlan,
+    model: &'a Model,
+    ema_model: &'a Model,
+    diffusion: &'a Diffusion,
+    train_loader: &'a mut dyn TrainBatches,
+    valid_loader: &'a mut Loader,
+    dist: Option<&'a ProcessGroup>,
+    /// Rank 0 (or the only process): the one that writes checkpoints.
+    main: bool,
+    reducer: Option<GradReducer>,
+    state: TrainState,
+    log: RunLog,
+}
+
+impl Trainer<'_> {
+    /// Optimizer steps until global step `end`, each followed by validation and the checkpoint
+    /// callback when due; the EMA model holds the final EMA weights afterwards.
+    fn fit(&mut self, end: u64) -> Result<TrainOutcome> {
+        let plan = self.plan;
+        // A run resumed at its end has nothing left to do; its checkpoint is the one it came from.
+        let mut last_checkpoint = if self.state.step >= end {
+            plan.resume_from.clone()
+        } else {
+            None
+        };
+        let mut last_val = None;
+        let mut last_loss = f64::NAN;
+        while self.state.step < end {
+            let lr = plan.schedule.lr_at(self.state.step);
+            let batches_before = self.state.batches;
+            let loss = self.training_step(lr)?;
+            let intact = last_checkpoint.as_ref().or(plan.resume_from.as_ref());
+            ensure_finite(loss, self.state.step, lr, intact)?;
+            let grad_norm = self.optimizer_step();
+            last_loss = loss;
+            self.log.train_step(self.state.step, loss, lr, grad_norm)?;
+            if self.validation_due(batches_before) {
+                last_val = Some(self.validation_step()?);
+            }
+            if let Some(path) = self.checkpoint_callback(end)? {
+                last_checkpoint = Some(path);
+            }
+        }
+        let tokens_per_s = self.log.finish();
+        // The EMA model reflects the final weights for whoever samples next.
+        self.ema_model.assign(self.state.ema.shadow())?;
+        Ok(TrainOutcome {
+            steps: self.state.step,
+            resumed_from: None, // [`train`] knows where it resumed
+            last_val,
+            last_checkpoint,
+            tokens_per_s,
+            last_loss,
+        })
     }
 
-    // Only rank 0 writes; the others keep a sink so the loop reads the same.
-    let mut metrics: Box<dyn Write> = if main {
-        std::fs::create_dir_all(&plan.ckpt_dir)
-            .with_context(|| format!("creating {}", plan.ckpt_dir.display()))?;
-        Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&plan.metrics_path)
-                .with_context(|| format!("opening {}", plan.metrics_path.display()))?,
-        )
-    } else {
-        Box::new(std::io::sink())
-    };
-
-    let end = stop_after.map_or(plan.max_steps, |s| s.min(plan.max_steps));
-    let bar = progress_bar(plan.progress && main, plan.max_steps, step);
-    let started = Instant::now();
-    let mut tokens_done: f64 = 0.0;
-    let mut last_val = None;
-    // A run resumed at its end has nothing left to do; its checkpoint is the one it came from.
-    let mut last_checkpoint = if step >= end {
-        plan.resume_from.clone()
-    } else {
-        None
-    };
-    let mut last_loss = f64::NAN;
-
-    while step < end {
-        let lr = plan.schedule.lr_at(step);
-        opt.set_lr(lr);
-        opt.zero_grad();
+    /// `training_step` over the step's micro-batches, then the one collective of the step:
+    /// gradients averaged over ranks, the loss riding along. Returns the step's mean loss.
+    fn training_step(&mut self, lr: f64) -> Result<f64> {
+        self.state.opt.set_lr(lr);
+        self.state.opt.zero_grad();
         // Summed on the device: one host sync per optimizer step, not per micro-batch.
-        let mut loss_sum: Option<tch::Tensor> = None;
-        for micro in 0..plan.accumulate {
-            reseed_micro(plan.seed, step, micro);
-            let batch = train_loader.next_train_batch()?;
-            let (x, mask) = maybe_crop(plan.crop, batch.x, batch.attention_mask)?;
-            let (b, l) = x.size2()?;
-            let share = row_share(dist, plan.seed, step, micro);
-            let parts = model.batch_loss_rows(diffusion, &x, &mask, true, share)?;
-            (&parts.loss / plan.accumulate as f64).backward();
-            let this = parts.loss.detach();
+        let mut loss_sum: Option<Tensor> = None;
+        for micro in 0..self.plan.accumulate {
+            let this = self.micro_batch(micro)?;
             loss_sum = Some(match loss_sum {
                 Some(acc) => acc + this,
                 None => this,
             });
-            tokens_done += (b * l * world as i64) as f64;
         }
         let loss_sum = loss_sum.context("accumulate_grad_batches is 0")?;
-        // The one collective of the step: gradients averaged over ranks, the loss riding along.
-        let loss_sum = match (dist, &reducer) {
-            (Some(pg), Some(r)) => r.reduce(pg, &params, &loss_sum)?,
+        let loss_sum = match (self.dist, &self.reducer) {
+            (Some(pg), Some(r)) => r.reduce(pg, &self.state.params, &loss_sum)?,
             _ => f64::try_from(&loss_sum)?,
         };
-        let loss = loss_sum / plan.accumulate as f64;
-        if !loss.is_finite() {
-            bail!(
-                "training loss is {loss} at step {step} (lr {lr:.3e}); stopped without writing a checkpoint, so the last one ({}) is intact — lower optim.lr or check the data",
-                last_checkpoint
-                    .as_ref()
-                    .or(plan.resume_from.as_ref())
-                    .map_or("none yet".to_string(), |p: &PathBuf| p
-                        .display()
-                        .to_string())
-            );
-        }
-        let grad_norm = match plan.grad_clip {
-            Some(max) => clip_grad_norm(&params, max),
+        Ok(loss_sum / self.plan.accumulate as f64)
+    }
+
+    /// Loss and backward of one micro-batch (scaled by 1/accumulate, as Lightning does); returns
+    /// the unscaled loss, detached.
+    fn micro_batch(&mut self, micro: usize) -> Result<Tensor> {
+        let (plan, step) = (self.plan, self.state.step);
+        reseed_micro(plan.seed, step, micro);
+        let batch = self.train_loader.next_train_batch()?;
+        let (x, mask) = maybe_crop(plan.crop, batch.x, batch.attention_mask)?;
+        let (b, l) = x.size2()?;
+        let share = row_share(self.dist, plan.seed, step, micro);
+        let parts = self
+            .model
+            .batch_loss(self.diffusion, &x, &mask, true, share)?;
+        (&parts.loss / plan.accumulate as f64).backward();
+        let world = self.dist.map_or(1, |d| d.world());
+        self.log.tokens += (b * l * world as i64) as f64;
+        Ok(parts.loss.detach())
+    }
+
+    /// Gradient clipping, AdamW and the EMA update, then the counters move on. Returns the
+    /// gradient norm before clipping (NaN without clipping).
+    fn optimizer_step(&mut self) -> f64 {
+        let grad_norm = match self.plan.grad_clip {
+            Some(max) => clip_grad_norm(&self.state.params, max),
             None => f64::NAN,
         };
-        opt.step();
-        ema.update(&params);
-        let batches_before = batches;
-        batches += plan.accumulate as u64;
-        step += 1;
-        last_loss = loss;
+        self.state.opt.step();
+        self.state.ema.update(&self.state.params);
+        self.state.batches += self.plan.accumulate as u64;
+        self.state.step += 1;
+        grad_norm
+    }
 
-        let save_at = |path: &Path, best: Option<f64>| {
-            let loader = train_loader.state();
-            save(
-                plan,
-                path,
-                &params,
-                &opt,
-                &ema,
-                &Snapshot {
-                    step,
-                    batches,
-                    best,
-                    loader,
-                },
+    /// Due when this step's micro-batches crossed a multiple of `val_every_batches`.
+    fn validation_due(&self, batches_before: u64) -> bool {
+        let every = self.plan.val_every_batches;
+        every > 0 && self.state.batches / every > batches_before / every
+    }
+
+    /// `validation_step` on the EMA weights; a new best NLL writes `best.safetensors`.
+    fn validation_step(&mut self) -> Result<NllMeter> {
+        let plan = self.plan;
+        self.ema_model.assign(self.state.ema.shadow())?;
+        let m = validate(
+            self.ema_model,
+            self.diffusion,
+            self.valid_loader,
+            plan.val_batches,
+            plan.seed,
+            self.dist,
+        )?;
+        self.log.validation(self.state.step, &m)?;
+        if plan.keep_best && self.state.best.is_none_or(|b| m.nll() < b) {
+            self.state.best = Some(m.nll());
+            if self.main {
+                self.save(&plan.ckpt_dir.join("best.safetensors"))?;
+            }
+        }
+        Ok(m)
+    }
+
+    /// The checkpoint callback: `step-N` and `last` every `ckpt_every` steps, `last` at the
+    /// end. Returns `last`'s path when it was due (every rank; only rank 0 writes it).
+    fn checkpoint_callback(&self, end: u64) -> Result<Option<PathBuf>> {
+        let (plan, step) = (self.plan, self.state.step);
+        let periodic = plan.ckpt_every > 0 && step.is_multiple_of(plan.ckpt_every);
+        if !periodic && step != end {
+            return Ok(None);
+        }
+        let last = plan.ckpt_dir.join("last.safetensors");
+        if self.main {
+            if periodic {
+                self.save(&plan.ckpt_dir.join(format!("step-{step:07}.safetensors")))?;
+            }
+            self.save(&last)?;
+        }
+        Ok(Some(last))
+    }
+
+    fn save(&self, path: &Path) -> Result<()> {
+        let loader = self.train_loader.state();
+        let plan = self.plan;
+        self.state
+            .save(path, loader, plan.seed, &plan.config_yaml)?;
+        tracing::info!(step = self.state.step, path = %path.display(), "checkpoint written");
+        Ok(())
+    }
+}
+
+/// A non-finite loss stops the run before the optimizer step, so no checkpoint holds it.
+fn ensure_finite(loss: f64, step: u64, lr: f64, last_checkpoint: Option<&PathBuf>) -> Result<()> {
+    if loss.is_finite() {
+        return Ok(());
+    }
+    bail!(
+        "training loss is {loss} at step {step} (lr {lr:.3e}); stopped without writing a checkpoint, so the last one ({}) is intact — lower optim.lr or check the data",
+        last_checkpoint.map_or("none yet".to_string(), |p| p.display().to_string())
+    )
+}
+
+/// Where the loop reports: the progress bar and, on rank 0, `metrics.jsonl` (the other ranks
+/// write to a sink, so the loop reads the same).
+struct RunLog {
+    metrics: Box<dyn Write>,
+    bar: indicatif::ProgressBar,
+    started: Instant,
+    /// Tokens trained on by all ranks together, for tokens/s.
+    tokens: f64,
+    main: bool,
+    log_every: u64,
+}
+
+impl RunLog {
+    fn open(plan: &TrainPlan, main: bool, step: u64) -> Result<RunLog> {
+        let metrics: Box<dyn Write> = if main {
+            std::fs::create_dir_all(&plan.ckpt_dir)
+                .with_context(|| format!("creating {}", plan.ckpt_dir.display()))?;
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&plan.metrics_path)
+                    .with_context(|| format!("opening {}", plan.metrics_path.display()))?,
             )
+        } else {
+            Box::new(std::io::sink())
         };
-        let tps = tokens_done / started.elapsed().as_secs_f64().max(1e-9);
-        bar.set_position(step);
-        bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {:.0} tok/s", tps));
-        if main && plan.log_every > 0 && step.is_multiple_of(plan.log_every) {
+        Ok(RunLog {
+            metrics,
+            bar: progress_bar(plan.progress && main, plan.max_steps, step),
+            started: Instant::now(),
+            tokens: 0.0,
+            main,
+            log_every: plan.log_every,
+        })
+    }
+
+    fn tokens_per_s(&self) -> f64 {
+        self.tokens / self.started.elapsed().as_secs_f64().max(1e-9)
+    }
+
+    fn train_step(&mut self, step: u64, loss: f64, lr: f64, grad_norm: f64) -> Result<()> {
+        let tps = self.tokens_per_s();
+        self.bar.set_position(step);
+        self.bar
+            .set_message(format!("loss {loss:.4} lr {lr:.2e} {:.0} tok/s", tps));
+        if self.main && self.log_every > 0 && step.is_multiple_of(self.log_every) {
             tracing::info!(step, loss, lr, grad_norm, tokens_per_s = tps, "train");
             writeln!(
-                metrics,
+                self.metrics,
                 "{}",
                 json!({"step": step, "train/loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tps})
             )?;
         }
-
-        let validate_now = plan.val_every_batches > 0
-            && batches / plan.val_every_batches > batches_before / plan.val_every_batches;
-        if validate_now {
-            ema_model.assign(ema.shadow())?;
-            let m = validate_dp(
-                ema_model,
-                diffusion,
-                valid_loader,
-                plan.val_batches,
-                plan.seed,
-                dist,
-            )?;
-            if main {
-                tracing::info!(
-                    step,
-                    nll = m.nll(),
-                    bpd = m.bpd(),
-                    ppl = m.ppl(),
-                    "validation (EMA weights)"
-                );
-            }
-            bar.println(format!(
-                "step {step}: val nll {:.4} bpd {:.4} ppl {:.3}",
-                m.nll(),
-                m.bpd(),
-                m.ppl()
-            ));
-            writeln!(
-                metrics,
-                "{}",
-                json!({"step": step, "val/nll": m.nll(), "val/bpd": m.bpd(), "val/ppl": m.ppl()})
-            )?;
-            if plan.keep_best && best.is_none_or(|b| m.nll() < b) {
-                best = Some(m.nll());
-                if main {
-                    save_at(&plan.ckpt_dir.join("best.safetensors"), best)?;
-                }
-            }
-            last_val = Some(m);
-        }
-
-        let periodic = plan.ckpt_every > 0 && step.is_multiple_of(plan.ckpt_every);
-        if periodic || step == end {
-            let path = plan.ckpt_dir.join("last.safetensors");
-            if main {
-                if periodic {
-                    let path = plan.ckpt_dir.join(format!("step-{step:07}.safetensors"));
-                    save_at(&path, best)?;
-                }
-                save_at(&path, best)?;
-            }
-            last_checkpoint = Some(path);
-        }
+        Ok(())
     }
-    bar.finish_and_clear();
-    let tokens_per_s = tokens_done / started.elapsed().as_secs_f64().max(1e-9);
-    // The EMA model reflects the final weights for whoever samples next.
-    ema_model.assign(ema.shadow())?;
-    Ok(TrainOutcome {
-        steps: step,
-        resumed_from,
-        last_val,
-        last_checkpoint,
-        tokens_per_s,
-        last_loss,
-    })
+
+    fn validation(&mut self, step: u64, m: &NllMeter) -> Result<()> {
+        let (nll, bpd, ppl) = (m.nll(), m.bpd(), m.ppl());
+        if self.main {
+            tracing::info!(step, nll, bpd, ppl, "validation (EMA weights)");
+        }
+        self.bar.println(format!(
+            "step {step}: val nll {nll:.4} bpd {bpd:.4} ppl {ppl:.3}"
+        ));
+        writeln!(
+            self.metrics,
+            "{}",
+            json!({"step": step, "val/nll": nll, "val/bpd": bpd, "val/ppl": ppl})
+        )?;
+        Ok(())
+    }
+
+    /// Clears the bar; returns the run's tokens per second.
+    fn finish(&self) -> f64 {
+        self.bar.finish_and_clear();
+        self.tokens_per_s()
+    }
 }
 
 /// One window start per batch, drawn from the step's reseeded generator (so a resumed run crops
@@ -377,19 +394,9 @@ fn maybe_crop(
 }
 
 /// Token-weighted NELBO over the first `max_batches` validation batches, with draws fixed by the
-/// seed so that successive validations are comparable.
+/// seed so that successive validations are comparable. With `dist`, over this rank's shard of
+/// the split, summed over ranks.
 pub fn validate(
-    model: &Model,
-    diffusion: &Diffusion,
-    loader: &mut Loader,
-    max_batches: usize,
-    seed: u64,
-) -> Result<NllMeter> {
-    validate_dp(model, diffusion, loader, max_batches, seed, None)
-}
-
-/// [`validate`] over this rank's shard of the validation split, summed over ranks.
-pub fn validate_dp(
     model: &Model,
     diffusion: &Diffusion,
     loader: &mut Loader,
@@ -397,7 +404,7 @@ pub fn validate_dp(
     seed: u64,
     dist: Option<&ProcessGroup>,
 ) -> Result<NllMeter> {
-    reseed(seed, VAL_STREAM, 0);
+    reseed_validation(seed);
     let share = row_share(dist, seed, 0, 0);
     loader.reset();
     let mut meter = NllMeter::default();
@@ -407,7 +414,7 @@ pub fn validate_dp(
                 break;
             };
             let parts =
-                model.batch_loss_rows(diffusion, &batch.x, &batch.attention_mask, false, share)?;
+                model.batch_loss(diffusion, &batch.x, &batch.attention_mask, false, share)?;
             meter.update(&parts.nlls, &parts.token_mask);
         }
         Ok(())
@@ -420,46 +427,6 @@ pub fn validate_dp(
         bail!("the validation split yields no batch");
     }
     Ok(meter)
-}
-
-/// The loop's counters at a checkpoint: with the tensors, all a resume needs.
-struct Snapshot {
-    step: u64,
-    batches: u64,
-    best: Option<f64>,
-    loader: LoaderState,
-}
-
-fn save(
-    plan: &TrainPlan,
-    path: &Path,
-    params: &[(String, tch::Tensor)],
-    opt: &AdamW,
-    ema: &Ema,
-    snap: &Snapshot,
-) -> Result<()> {
-    let Snapshot {
-        step,
-        batches,
-        best,
-        ref loader,
-    } = *snap;
-    let mut tensors: Vec<(String, tch::Tensor)> = params
-        .iter()
-        .map(|(n, t)| (n.clone(), t.detach()))
-        .collect();
-    tensors.extend(ema.state_tensors());
-    tensors.extend(opt.state_tensors());
-    let state = json!({
-        "global_step": step,
-        "batches": batches,
-        "best_val_nll": best,
-        "loader": loader,
-        "seed": plan.seed,
-    });
-    checkpoint::save(path, &tensors, &state, &plan.config_yaml)?;
-    tracing::info!(step, path = %path.display(), "checkpoint written");
-    Ok(())
 }
 
 fn progress_bar(enabled: bool, total: u64, pos: u64) -> indicatif::ProgressBar {
