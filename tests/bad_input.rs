@@ -144,3 +144,27 @@ fn a_tokenizer_that_fails_on_the_corpus_is_one_error_line() {
         "{line}"
     );
 }
+
+#[test]
+fn without_home_or_a_cache_variable_the_data_cache_is_not_guessed() {
+    let tmp = TempDir::new("nohome");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mdlm"))
+        .args(["train", "experiment=shakespeare", "trainer.max_steps=1"])
+        .arg(format!(
+            "hydra.run.dir={}",
+            tmp.path().join("run").display()
+        ))
+        .env("OMP_NUM_THREADS", "1")
+        .env_remove("HOME")
+        .env_remove("MDLM_CACHE")
+        .env_remove("XDG_CACHE_HOME")
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let line = error_line(&o);
+    assert!(
+        line.contains("MDLM_CACHE, XDG_CACHE_HOME and HOME are all unset"),
+        "{line}"
+    );
+    assert!(!tmp.path().join(".cache").exists());
+}

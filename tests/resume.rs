@@ -41,7 +41,7 @@ fn run_until(cache: &std::path::Path, run: &std::path::Path, stop_after: Option<
         .map(String::from),
     );
     let cfg = mdlm::config::compose(&o).unwrap();
-    let r = setup::start(cfg).unwrap();
+    let r = setup::start(cfg, None).unwrap();
     let data = setup::prepare_data(&r.cfg).unwrap();
     let (v, m) = setup::vocab(data.tokenizer.as_ref());
     let diffusion = setup::diffusion(&r.cfg, v, m).unwrap();

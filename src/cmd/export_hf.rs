@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use std::path::Path;
 
 pub fn run(cfg: Config, out: &Path) -> Result<()> {
-    let Run { cfg, device, .. } = setup::start(cfg)?;
+    let Run { cfg, device, .. } = setup::start(cfg, None)?;
     let tokenizer = crate::data::tokenizer_by_name(&cfg.data.tokenizer_name_or_path)?;
     let setup::EvalModel {
         model,

@@ -28,10 +28,10 @@ pub fn run(cfg: Config) -> Result<PplRow> {
         cfg,
         device,
         run_dir,
-    } = setup::start(cfg)?;
+    } = setup::start(cfg, None)?;
     // Only the scored split: evaluation corpora often ship no training split.
     let split = Split::parse(&cfg.eval.split).context("eval.split")?;
-    let spec = setup::data_spec(&cfg);
+    let spec = setup::data_spec(&cfg)?;
     let (valid, _, tokenizer) = prepare_one(&spec, &cfg.data.valid, split)?;
     let setup::EvalModel {
         model,

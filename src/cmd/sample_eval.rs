@@ -59,7 +59,7 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
         cfg,
         device,
         run_dir,
-    } = setup::start(cfg)?;
+    } = setup::start(cfg, None)?;
     let tokenizer = crate::data::tokenizer_by_name(&cfg.data.tokenizer_name_or_path)?;
     check_filter(&cfg.sampling)?;
     let setup::EvalModel {

@@ -17,15 +17,11 @@ pub struct Run {
 }
 
 /// Resolves the device and batch arithmetic, checks that this build supports the requested
-/// model, and writes the resolved config into a fresh run directory.
-pub fn start(cfg: Config) -> Result<Run> {
-    start_rank(cfg, None)
-}
-
-/// [`start`] for one rank of a data-parallel run: the batch arithmetic is resolved for and
-/// checked against the launcher's world size (before any process group exists), the rank
-/// drives the CUDA device of its local rank, and only rank 0 writes into the run directory.
-pub fn start_rank(mut cfg: Config, launch: Option<&crate::dist::Launch>) -> Result<Run> {
+/// model, and writes the resolved config into a fresh run directory. With `launch` (one rank of a
+/// data-parallel run) the batch arithmetic is resolved for and checked against the launcher's
+/// world size (before any process group exists), the rank drives the CUDA device of its local
+/// rank, and only rank 0 writes into the run directory.
+pub fn start(mut cfg: Config, launch: Option<&crate::dist::Launch>) -> Result<Run> {
     check_supported(&cfg)?;
     let mut device = crate::device::resolve(cfg.trainer.accelerator)?;
     match launch {
@@ -68,20 +64,20 @@ fn check_supported(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-pub fn data_spec(cfg: &Config) -> DataSpec {
-    DataSpec {
+pub fn data_spec(cfg: &Config) -> Result<DataSpec> {
+    Ok(DataSpec {
         name: cfg.data.train.clone(),
         valid_name: cfg.data.valid.clone(),
         tokenizer: cfg.data.tokenizer_name_or_path.clone(),
-        cache_dir: cfg.data.resolved_cache_dir(),
+        cache_dir: cfg.data.resolved_cache_dir()?,
         wrap: cfg.data.wrap,
         block_size: cfg.model.length,
         insert_valid_eos: cfg.data.insert_valid_eos,
-    }
+    })
 }
 
 pub fn prepare_data(cfg: &Config) -> Result<Prepared> {
-    data::prepare(&data_spec(cfg))
+    data::prepare(&data_spec(cfg)?)
 }
 
 /// (vocab_size incl. mask, mask_index): the mask token is appended when the tokenizer has none,

@@ -58,7 +58,7 @@ pub fn run(cfg: Config, launch: Option<&Launch>) -> Result<TrainOutcome> {
         cfg,
         device,
         run_dir,
-    } = setup::start_rank(cfg, launch)?;
+    } = setup::start(cfg, launch)?;
     let main = launch.is_none_or(|l| l.rank == 0);
     if main {
         eprintln!("{}", cfg.tree());
@@ -240,7 +240,7 @@ impl TrainData {
                 tokenizer: data.tokenizer,
             });
         }
-        let spec = setup::data_spec(cfg);
+        let spec = setup::data_spec(cfg)?;
         let (valid, _, tokenizer) = prepare_one(&spec, &cfg.data.valid, Split::Validation)?;
         let stream = StreamLoader::train(&spec, &cfg.data.train, batch, cfg.seed)?
             .shard(rank, world)?

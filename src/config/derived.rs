@@ -104,10 +104,12 @@ impl Config {
 
 impl Data {
     /// `cache_dir` if set, else `$MDLM_CACHE/data`, else `$XDG_CACHE_HOME/mdlm/data`, else
-    /// `~/.cache/mdlm/data` (the same cache root as `scripts/setup-libtorch.sh`).
-    pub fn resolved_cache_dir(&self) -> PathBuf {
+    /// `~/.cache/mdlm/data` (the same cache root as `scripts/setup-libtorch.sh`). Without any of
+    /// them there is no per-user cache: a path relative to wherever mdlm runs would prepare the
+    /// data again in every folder, so that is an error.
+    pub fn resolved_cache_dir(&self) -> anyhow::Result<PathBuf> {
         if let Some(dir) = &self.cache_dir {
-            return PathBuf::from(dir);
+            return Ok(PathBuf::from(dir));
         }
         let env = |k: &str| {
             std::env::var_os(k)
@@ -117,7 +119,11 @@ impl Data {
         let root = env("MDLM_CACHE")
             .or_else(|| env("XDG_CACHE_HOME").map(|p| p.join("mdlm")))
             .or_else(|| env("HOME").map(|p| p.join(".cache").join("mdlm")))
-            .unwrap_or_else(|| PathBuf::from(".cache").join("mdlm"));
-        root.join("data")
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "cannot place the data cache: data.cache_dir is not set and MDLM_CACHE, XDG_CACHE_HOME and HOME are all unset; set one of them"
+                )
+            })?;
+        Ok(root.join("data"))
     }
 }

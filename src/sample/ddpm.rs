@@ -2,6 +2,7 @@
 
 use super::StepAt;
 use super::categorical::{self, Uniforms};
+use crate::diffusion::noise::move_chance;
 use tch::Tensor;
 
 /// How the categorical draw of a reverse step is made. Both give the same distribution.
@@ -28,8 +29,8 @@ pub fn step(at: StepAt, mode: DrawMode, u: &mut dyn Uniforms) -> Tensor {
     } = at;
     let sigma_t = diff.noise.total(t).reshape([-1]);
     let sigma_s = diff.noise.total(&(t - dt)).reshape([-1]);
-    let mc_t = (sigma_t.neg().exp().neg() + 1.0).view([-1, 1, 1]);
-    let mc_s = (sigma_s.neg().exp().neg() + 1.0).view([-1, 1, 1]);
+    let mc_t = move_chance(&sigma_t).view([-1, 1, 1]);
+    let mc_s = move_chance(&sigma_s).view([-1, 1, 1]);
     let log_p_x0 = den.log_probs(x, &sigma_t);
     reverse_draw(&log_p_x0.exp(), &mc_t, &mc_s, x, diff.mask_index, mode, u)
 }
