@@ -158,7 +158,7 @@ fn main() {
         let mut u = TorchUniforms { kind: Kind::Double };
         sync(device);
         let start = Instant::now();
-        let out = sample::sample(&den, &diff, &spec, device, &mut u, false).unwrap();
+        let out = sample::sample(&den, &diff, &spec, device, &mut u, false, &mut || {}).unwrap();
         sync(device);
         let secs = start.elapsed().as_secs_f64();
         println!(

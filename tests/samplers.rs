@@ -259,7 +259,7 @@ fn run(
     spec: &SampleSpec,
     u: &mut dyn Uniforms,
 ) -> sample::SampleOut {
-    sample::sample(den, diff, spec, Device::Cpu, u, true).unwrap()
+    sample::sample(den, diff, spec, Device::Cpu, u, true, &mut || {}).unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -753,7 +753,9 @@ fn bad_settings_are_refused_before_sampling() {
         },
     ];
     for spec in bad {
-        assert!(sample::sample(&den, &diff, &spec, Device::Cpu, &mut u, false).is_err());
+        assert!(
+            sample::sample(&den, &diff, &spec, Device::Cpu, &mut u, false, &mut || {}).is_err()
+        );
     }
     assert_eq!(den.calls(), 0);
 }

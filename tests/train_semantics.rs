@@ -44,13 +44,11 @@ fn default_config_plans_what_the_reference_configures() {
     }
 }
 
+type Named = Vec<(String, Tensor)>;
+
 /// One optimizer step of a tiny run; returns (parameters, EMA shadows) by parameter name and the
 /// learning rate the metrics file logged for the step.
-fn one_step(
-    tmp: &std::path::Path,
-    name: &str,
-    warmup: u64,
-) -> (Vec<(String, Tensor)>, Vec<(String, Tensor)>, f64) {
+fn one_step(tmp: &std::path::Path, name: &str, warmup: u64) -> (Named, Named, f64) {
     let run = tmp.join(name);
     let mut a = args(&["train"], tiny_overrides(&run));
     a.extend([

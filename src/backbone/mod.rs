@@ -26,6 +26,23 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// What `trainer.precision` computes in on `device`: bf16 autocast only exists on CUDA in
+    /// the reference; on CPU it computes in float32, and so do we.
+    pub fn resolve(
+        requested: crate::config::Precision,
+        device: tch::Device,
+    ) -> anyhow::Result<Precision> {
+        use crate::config::Precision as P;
+        Ok(match (requested, device.is_cuda()) {
+            (P::Bf16Mixed | P::Bf16True, true) => Precision::Bf16,
+            (P::Bf16Mixed | P::Bf16True | P::Fp32, _) => Precision::F32,
+            (other, _) => anyhow::bail!(
+                "trainer.precision={} is not supported (use bf16 or 32)",
+                other.as_str()
+            ),
+        })
+    }
+
     pub fn kind(self) -> Kind {
         match self {
             Precision::F32 => Kind::Float,

@@ -254,7 +254,7 @@ impl DiffusionDraws<'_> {
         let mut batches = Vec::new();
         for _ in 0..plan.n_batches {
             let (start, calls) = (Instant::now(), den.calls());
-            let out = sample::sample_observed(
+            let out = sample::sample(
                 den,
                 self.diffusion,
                 &spec,

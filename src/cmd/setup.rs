@@ -4,7 +4,7 @@
 use crate::backbone::{ArConfig, BiStrategy, DimambaConfig, DitConfig, Precision};
 use crate::config::{self, Config};
 use crate::data::{self, DataSpec, Prepared};
-use crate::diffusion::{Diffusion, Noise, Parameterization};
+use crate::diffusion::{Diffusion, Noise};
 use crate::model::Model;
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
@@ -135,17 +135,8 @@ pub fn dimamba_config(cfg: &Config, vocab_size: i64) -> Result<DimambaConfig> {
     })
 }
 
-/// bf16 autocast only exists on CUDA in the reference; on CPU it computes in float32, and so do we.
 pub fn precision(cfg: &Config, device: Device) -> Result<Precision> {
-    use config::Precision as P;
-    Ok(match (cfg.trainer.precision, device.is_cuda()) {
-        (P::Bf16Mixed | P::Bf16True, true) => Precision::Bf16,
-        (P::Bf16Mixed | P::Bf16True | P::Fp32, _) => Precision::F32,
-        (other, _) => bail!(
-            "trainer.precision={} is not supported (use bf16 or 32)",
-            other.as_str()
-        ),
-    })
+    Precision::resolve(cfg.trainer.precision, device)
 }
 
 pub fn noise(cfg: &Config) -> Result<Noise> {
@@ -178,14 +169,8 @@ pub fn noise(cfg: &Config) -> Result<Noise> {
 }
 
 pub fn diffusion(cfg: &Config, vocab_size: i64, mask_index: i64) -> Result<Diffusion> {
-    let parameterization = match cfg.parameterization {
-        config::Parameterization::Subs => Parameterization::Subs,
-        config::Parameterization::D3pm => Parameterization::D3pm,
-        config::Parameterization::Sedd => Parameterization::Sedd,
-        config::Parameterization::Ar => Parameterization::Ar,
-    };
     Ok(Diffusion {
-        parameterization,
+        parameterization: cfg.parameterization,
         noise: noise(cfg)?,
         mask_index,
         vocab_size,

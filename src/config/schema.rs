@@ -72,6 +72,8 @@ pub enum Parameterization {
     Subs,
     D3pm,
     Sedd,
+    /// The autoregressive baseline: its loss is next-token cross-entropy on a causal backbone
+    /// (`diffusion::ar`), not a NELBO; only the mask index and the parameterization apply.
     Ar,
 }
 

@@ -12,15 +12,8 @@ pub use noise::Noise;
 use crate::backbone::Backbone;
 use tch::Tensor;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Parameterization {
-    Subs,
-    D3pm,
-    Sedd,
-    /// The autoregressive baseline: its loss is next-token cross-entropy on a causal backbone
-    /// (`diffusion::ar`), not a NELBO; only the mask index and the parameterization apply.
-    Ar,
-}
+/// How the denoiser's output is read (the config's own enum, one list of them).
+pub use crate::config::Parameterization;
 
 /// The diffusion settings that shape every forward pass and loss (the reference keeps these on
 /// its `Diffusion` Lightning module).

@@ -201,30 +201,7 @@ pub struct SampleOut {
     pub forward_calls: usize,
 }
 
-/// `Diffusion._sample`: from the all-mask prior (held positions filled in) along
-/// `linspace(1, eps, steps + 1)`, then, when `noise_removal` is on, one denoising step at the last
-/// time (an argmax, or for `Analytic` the denoiser update). `FirstHitting` and `Confidence` run
-/// their own schedules (see [`Predictor`]).
-pub fn sample(
-    den: &dyn Denoiser,
-    diff: &Diffusion,
-    spec: &SampleSpec,
-    device: Device,
-    uniforms: &mut dyn Uniforms,
-    keep_trajectory: bool,
-) -> anyhow::Result<SampleOut> {
-    sample_observed(
-        den,
-        diff,
-        spec,
-        device,
-        uniforms,
-        keep_trajectory,
-        &mut || {},
-    )
-}
-
-/// How many times [`sample_observed`] calls its observer: once per step of the predictor's
+/// How many times [`sample`] calls its observer: once per step of the predictor's
 /// schedule (per generated token for first hitting), so a progress bar can be sized up front.
 pub fn observed_steps(spec: &SampleSpec) -> u64 {
     match spec.predictor {
@@ -233,8 +210,12 @@ pub fn observed_steps(spec: &SampleSpec) -> u64 {
     }
 }
 
-/// [`sample`], calling `on_step` after every step (a progress bar's tick).
-pub fn sample_observed(
+/// `Diffusion._sample`: from the all-mask prior (held positions filled in) along
+/// `linspace(1, eps, steps + 1)`, then, when `noise_removal` is on, one denoising step at the last
+/// time (an argmax, or for `Analytic` the denoiser update). `FirstHitting` and `Confidence` run
+/// their own schedules (see [`Predictor`]).
+/// `on_step` runs after every step (a progress bar's tick; `&mut || {}` for none).
+pub fn sample(
     den: &dyn Denoiser,
     diff: &Diffusion,
     spec: &SampleSpec,

@@ -247,7 +247,15 @@ pub fn sampling_run(case: &Case) -> Result<()> {
         ..SampleSpec::plain(predictor, case.i64("num_steps")?, size[1], size[2])
     };
     let den = ModelDenoiser::new(&m.dit, &m.diffusion);
-    let out = sample::sample(&den, &m.diffusion, &spec, Device::Cpu, &mut u, true)?;
+    let out = sample::sample(
+        &den,
+        &m.diffusion,
+        &spec,
+        Device::Cpu,
+        &mut u,
+        true,
+        &mut || {},
+    )?;
     case.check("x_steps", &Tensor::stack(&out.trajectory, 0))?;
     case.check("x_final", &out.tokens)?;
     if u.remaining() != 0 {

@@ -117,7 +117,15 @@ pub fn sampling_run(case: &Case) -> Result<()> {
         &Tensor::linspace(1.0, spec.eps, spec.steps + 1, (Kind::Float, Device::Cpu)),
     )?;
     let den = ModelDenoiser::new(&m.dit, &m.diffusion);
-    let out = sample::sample(&den, &m.diffusion, &spec, Device::Cpu, &mut u, true)?;
+    let out = sample::sample(
+        &den,
+        &m.diffusion,
+        &spec,
+        Device::Cpu,
+        &mut u,
+        true,
+        &mut || {},
+    )?;
     case.check("x_steps", &Tensor::stack(&out.trajectory, 0))?;
     case.check("x_final", &out.tokens)?;
     check_costs(case, n_draws as usize - u.remaining(), out.forward_calls)
