@@ -62,74 +62,29 @@ fn main() {
     let dt = 1.0 / 128.0;
     // float64 Gumbel draws, the port's default (`sampling.float64_gumbel=true`).
     let mut u = TorchUniforms { kind: Kind::Double };
+    let at = StepAt {
+        den: &den,
+        diff: &diff,
+        x: &xt,
+        t: &t,
+        dt,
+    };
 
     let forward = time(device, warmup, iters, || {
         let _ = tch::no_grad(|| diff.forward(&dit, &xt, &t.reshape([-1]), false));
     });
     let ddpm_step = time(device, warmup, iters, || {
-        let _ = ddpm::step(
-            StepAt {
-                den: &den,
-                diff: &diff,
-                x: &xt,
-                t: &t,
-                dt,
-            },
-            DrawMode::Reference,
-            &mut u,
-        );
+        let _ = ddpm::step(at, DrawMode::Reference, &mut u);
     });
     let cache_miss = time(device, warmup, iters, || {
-        let _ = ddpm_cache::step(
-            StepAt {
-                den: &den,
-                diff: &diff,
-                x: &xt,
-                t: &t,
-                dt,
-            },
-            None,
-            DrawMode::Reference,
-            &mut u,
-        );
+        let _ = ddpm_cache::step(at, None, DrawMode::Reference, &mut u);
     });
-    let (p_x0, _) = ddpm_cache::step(
-        StepAt {
-            den: &den,
-            diff: &diff,
-            x: &xt,
-            t: &t,
-            dt,
-        },
-        None,
-        DrawMode::Reference,
-        &mut u,
-    );
+    let (p_x0, _) = ddpm_cache::step(at, None, DrawMode::Reference, &mut u);
     let cache_hit = time(device, warmup, iters, || {
-        let _ = ddpm_cache::step(
-            StepAt {
-                den: &den,
-                diff: &diff,
-                x: &xt,
-                t: &t,
-                dt,
-            },
-            Some(p_x0.shallow_clone()),
-            DrawMode::Reference,
-            &mut u,
-        );
+        let _ = ddpm_cache::step(at, Some(p_x0.shallow_clone()), DrawMode::Reference, &mut u);
     });
     let analytic_step = time(device, warmup, iters, || {
-        let _ = analytic::step(
-            StepAt {
-                den: &den,
-                diff: &diff,
-                x: &xt,
-                t: &t,
-                dt,
-            },
-            &mut u,
-        );
+        let _ = analytic::step(at, &mut u);
     });
     let denoiser_step = time(device, warmup, iters, || {
         let _ = analytic::denoise(&den, &diff, &xt, &t, &mut u);

@@ -64,31 +64,17 @@ impl<'a> Cache<'a> {
     /// One [`step`]; `pin` is applied to the new x before deciding what stays reusable.
     pub fn step(
         &mut self,
-        den: &dyn Denoiser,
-        x: &Tensor,
-        t: &Tensor,
-        dt: f64,
+        at: StepAt,
         u: &mut dyn Uniforms,
         pin: &dyn Fn(Tensor) -> Tensor,
     ) -> Tensor {
-        let diff = self.diff;
+        let (diff, x) = (at.diff, at.x);
         let cached = if self.per_row {
-            Some(self.refresh_rows(den, x, t))
+            Some(self.refresh_rows(at.den, x, at.t))
         } else {
             self.p_x0.take()
         };
-        let (p_x0, x_next) = step(
-            StepAt {
-                den,
-                diff,
-                x,
-                t,
-                dt,
-            },
-            cached,
-            self.mode,
-            u,
-        );
+        let (p_x0, x_next) = step(at, cached, self.mode, u);
         let x_next = pin(x_next);
         if self.per_row {
             self.stale = Some(x_next.ne_tensor(x).any_dim(1, false));

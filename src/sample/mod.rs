@@ -299,32 +299,17 @@ fn run_grid(den: &dyn Denoiser, spec: &SampleSpec, walk: &mut Reverse, mut x: Te
     let mut cache = ddpm_cache::Cache::new(diff, spec.draws, spec.cache_rows);
     for i in 0..spec.steps {
         let t = timesteps.get(i) * &ones;
+        let at = StepAt {
+            den,
+            diff,
+            x: &x,
+            t: &t,
+            dt,
+        };
         x = match spec.predictor {
-            Predictor::Ddpm => (walk.pin)(ddpm::step(
-                StepAt {
-                    den,
-                    diff,
-                    x: &x,
-                    t: &t,
-                    dt,
-                },
-                spec.draws,
-                walk.uniforms,
-            )),
-            Predictor::DdpmCache => cache.step(den, &x, &t, dt, walk.uniforms, walk.pin),
-            Predictor::Analytic => (walk.pin)(
-                analytic::step(
-                    StepAt {
-                        den,
-                        diff,
-                        x: &x,
-                        t: &t,
-                        dt,
-                    },
-                    walk.uniforms,
-                )
-                .x_next,
-            ),
+            Predictor::Ddpm => (walk.pin)(ddpm::step(at, spec.draws, walk.uniforms)),
+            Predictor::DdpmCache => cache.step(at, walk.uniforms, walk.pin),
+            Predictor::Analytic => (walk.pin)(analytic::step(at, walk.uniforms).x_next),
             Predictor::FirstHitting | Predictor::Confidence => unreachable!("not a grid predictor"),
         };
         (walk.on_step)(&x);

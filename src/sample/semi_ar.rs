@@ -6,7 +6,7 @@
 use super::categorical::Uniforms;
 use super::ddpm::DrawMode;
 use super::ddpm_cache::Cache;
-use super::{Denoiser, Held};
+use super::{Denoiser, Held, StepAt};
 use crate::diffusion::{Diffusion, Noise};
 use anyhow::{Result, bail};
 use tch::{Device, Kind, Tensor};
@@ -161,7 +161,14 @@ fn denoise_window(
         // t is [B]; the last step has t = 0, so the mask column weight t - dt is negative and
         // every remaining mask is filled.
         let t = &ones * (1.0 - i as f64 * spec.dt);
-        x = cache.step(den, &x, &t, spec.dt, uniforms, pin);
+        let at = StepAt {
+            den,
+            diff,
+            x: &x,
+            t: &t,
+            dt: spec.dt,
+        };
+        x = cache.step(at, uniforms, pin);
         if !cache.is_kept() {
             changed += 1;
         }

@@ -7,7 +7,7 @@ use mdlm::backbone::{Dit, DitConfig, Precision, load::load_strict};
 use mdlm::diffusion::{Diffusion, Draws, Noise, Parameterization, loss::crop};
 use mdlm::sample::categorical::ReplayUniforms;
 use mdlm::sample::ddpm::DrawMode;
-use mdlm::sample::{self, Denoiser, ModelDenoiser, Predictor, SampleSpec, StepAt};
+use mdlm::sample::{self, Denoiser, ModelDenoiser, Predictor, SampleOut, SampleSpec, StepAt};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use tch::{Device, Tensor, nn};
@@ -235,12 +235,31 @@ pub fn sampling_run(case: &Case) -> Result<()> {
         "ddpm_cache" => Predictor::DdpmCache,
         other => return skip(format!("predictor {other} not implemented yet")),
     };
+    let (out, unused) = replay_sampling(case, &m, predictor)?;
+    if unused != 0 {
+        bail!("{unused} stored uniform draws were not consumed");
+    }
+    let calls = case.i64("n_model_forward_calls")? as usize;
+    if out.forward_calls > calls {
+        bail!(
+            "{} forward calls, the reference made {calls}",
+            out.forward_calls
+        );
+    }
+    Ok(())
+}
+
+/// Runs the case's sampler on its stored uniform draws (unfiltered, unconditional, with the
+/// case's grid) and checks the trajectory and the final tokens; returns the output and how many
+/// stored draws were left unused.
+pub(crate) fn replay_sampling(
+    case: &Case,
+    m: &Model,
+    predictor: Predictor,
+) -> Result<(SampleOut, usize)> {
     let u_steps = case.t("u_steps")?;
-    let x_steps = case.t("x_steps")?;
-    let draws: Vec<Tensor> = (0..u_steps.size()[0]).map(|i| u_steps.get(i)).collect();
-    let mut u = ReplayUniforms::new(draws);
-    let size = x_steps.size();
-    // The reference's draws, unfiltered and unconditional, with the case's grid.
+    let size = case.t("x_steps")?.size();
+    let mut u = ReplayUniforms::new((0..u_steps.size()[0]).map(|i| u_steps.get(i)).collect());
     let spec = SampleSpec {
         eps: case.f64("eps")?,
         noise_removal: case.bool("config.sampling.noise_removal")?,
@@ -258,15 +277,5 @@ pub fn sampling_run(case: &Case) -> Result<()> {
     )?;
     case.check("x_steps", &Tensor::stack(&out.trajectory, 0))?;
     case.check("x_final", &out.tokens)?;
-    if u.remaining() != 0 {
-        bail!("{} stored uniform draws were not consumed", u.remaining());
-    }
-    let calls = case.i64("n_model_forward_calls")? as usize;
-    if out.forward_calls > calls {
-        bail!(
-            "{} forward calls, the reference made {calls}",
-            out.forward_calls
-        );
-    }
-    Ok(())
+    Ok((out, u.remaining()))
 }

@@ -6,7 +6,7 @@ use crate::model_cases::{self, model_of};
 use anyhow::{Result, bail};
 use mdlm::sample::categorical::ReplayUniforms;
 use mdlm::sample::semi_ar::{self, SemiArSpec};
-use mdlm::sample::{self, ModelDenoiser, Predictor, SampleSpec, StepAt, analytic};
+use mdlm::sample::{ModelDenoiser, Predictor, StepAt, analytic};
 use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
 
@@ -96,39 +96,14 @@ pub fn sampling_run(case: &Case) -> Result<()> {
         return model_cases::sampling_run(case);
     }
     let m = model_of(case)?;
-    let u_steps = case.t("u_steps")?;
-    let x_steps = case.t("x_steps")?;
-    let n_draws = u_steps.size()[0];
-    let mut u = ReplayUniforms::new((0..n_draws).map(|i| u_steps.get(i)).collect());
-    let size = x_steps.size();
-    // The reference's draws, unfiltered and unconditional, with the case's grid.
-    let spec = SampleSpec {
-        eps: case.f64("eps")?,
-        noise_removal: case.bool("config.sampling.noise_removal")?,
-        ..SampleSpec::plain(
-            Predictor::Analytic,
-            case.i64("num_steps")?,
-            size[1],
-            size[2],
-        )
-    };
+    let n_draws = case.t("u_steps")?.size()[0] as usize;
+    let (steps, eps) = (case.i64("num_steps")?, case.f64("eps")?);
     case.check(
         "timesteps",
-        &Tensor::linspace(1.0, spec.eps, spec.steps + 1, (Kind::Float, Device::Cpu)),
+        &Tensor::linspace(1.0, eps, steps + 1, (Kind::Float, Device::Cpu)),
     )?;
-    let den = ModelDenoiser::new(&m.dit, &m.diffusion);
-    let out = sample::sample(
-        &den,
-        &m.diffusion,
-        &spec,
-        Device::Cpu,
-        &mut u,
-        true,
-        &mut || {},
-    )?;
-    case.check("x_steps", &Tensor::stack(&out.trajectory, 0))?;
-    case.check("x_final", &out.tokens)?;
-    check_costs(case, n_draws as usize - u.remaining(), out.forward_calls)
+    let (out, unused) = model_cases::replay_sampling(case, &m, Predictor::Analytic)?;
+    check_costs(case, n_draws - unused, out.forward_calls)
 }
 
 pub fn semi_ar_run(case: &Case) -> Result<()> {
