@@ -2,9 +2,11 @@
 //! `libtorch_cuda` kept as a dependency even though no symbol of it is referenced directly —
 //! without `--no-as-needed` the linker drops it and CUDA is silently unavailable on a GPU box.
 //!
-//! It also compiles `src/dist/*.cpp`, the bridge to torch.distributed's c10d engine, with the
-//! flags torch-sys uses for its own C++ (C++17, the new libstdc++ ABI of PyTorch 2 wheels, the
-//! same include folders), so both sides agree on `at::Tensor`. Gloo needs gloo's headers (not in
+//! It also compiles `src/dist/*.cpp` (the bridge to torch.distributed's c10d engine),
+//! `src/profile/record.cpp` (the profiler's hook) and `src/train/foreach.cpp` (multi-tensor ops)
+//! with the flags torch-sys uses for its own C++ (C++17, the new libstdc++ ABI of PyTorch 2
+//! wheels, the same include folders), so both sides agree on `at::Tensor`. Gloo needs gloo's
+//! headers (not in
 //! the wheel: Debian's libgloo-dev); NCCL needs CUDA runtime, CCCL and NCCL headers (the wheel's
 //! nvidia packages plus the two header wheels `scripts/setup-dist.sh` adds). Whatever is missing
 //! is compiled out, and the matching entry point then says so at run time.
@@ -16,8 +18,14 @@ fn main() {
     println!("cargo:rerun-if-env-changed=MDLM_CUDA_INCLUDE");
     println!("cargo:rerun-if-env-changed=MDLM_NO_NCCL");
     println!("cargo:rerun-if-changed=build.rs");
-    for f in ["c10d.cpp", "c10d_nccl.cpp", "c10d_bridge.h"] {
-        println!("cargo:rerun-if-changed=src/dist/{f}");
+    for f in [
+        "dist/c10d.cpp",
+        "dist/c10d_nccl.cpp",
+        "dist/c10d_bridge.h",
+        "profile/record.cpp",
+        "train/foreach.cpp",
+    ] {
+        println!("cargo:rerun-if-changed=src/{f}");
     }
     println!("cargo:rustc-check-cfg=cfg(mdlm_cuda_linked)");
     let Some(libtorch) = std::env::var_os("LIBTORCH") else {
@@ -67,6 +75,12 @@ fn compile_bridge(root: &Path, cuda_linked: bool) {
             "cargo:warning=gloo headers not found (apt-get install libgloo-dev, or set MDLM_GLOO_INCLUDE): distributed CPU training is compiled out"
         ),
     }
+    // The profiler's hook and the multi-tensor ops need only ATen.
+    build
+        .clone()
+        .file("src/profile/record.cpp")
+        .file("src/train/foreach.cpp")
+        .compile("mdlm_aten");
     let mut gloo_build = build.clone();
     gloo_build.file("src/dist/c10d.cpp").compile("mdlm_c10d");
 

@@ -15,5 +15,6 @@ pub mod dist;
 pub mod eval;
 pub mod hub;
 pub mod model;
+pub mod profile;
 pub mod sample;
 pub mod train;

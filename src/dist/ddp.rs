@@ -80,14 +80,15 @@ impl GradReducer {
     }
 
     /// Replaces every gradient by its mean over ranks and returns the mean of `scalar` (the
-    /// step's loss), which rides along in the first bucket instead of costing a collective.
+    /// step's loss, 0-d, on the device), which rides along in the first bucket instead of costing
+    /// a collective.
     pub fn reduce(
         &self,
         pg: &ProcessGroup,
         params: &[(String, Tensor)],
         scalar: &Tensor,
-    ) -> Result<f64> {
-        tch::no_grad(|| -> Result<f64> {
+    ) -> Result<Tensor> {
+        tch::no_grad(|| -> Result<Tensor> {
             let mut mean = None;
             for (bi, b) in self.buckets.iter().enumerate() {
                 let grads: Vec<Tensor> = b
@@ -114,7 +115,7 @@ impl GradReducer {
                     .context("averaging gradients across ranks")?;
                 if bi == 0 {
                     let n = f.size()[0];
-                    mean = Some(f.double_value(&[n - 1]));
+                    mean = Some(f.get(n - 1).copy());
                 }
                 unflat(&f, &refs);
             }

@@ -5,6 +5,7 @@
 //! The shadow is a separate named store (same names as the parameters), so evaluation builds the
 //! model on it instead of swapping weights in and out.
 
+use super::foreach;
 use anyhow::{Result, bail};
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
@@ -38,25 +39,32 @@ impl Ema {
         self.decay.min((1.0 + n as f64) / (10.0 + n as f64))
     }
 
-    /// One EMA step towards `params` (same names and order as at construction).
-    pub fn update(&mut self, params: &[(String, Tensor)]) {
-        assert_eq!(
-            params.len(),
-            self.shadow.len(),
-            "Ema::update: {} parameters, the shadow has {}",
-            params.len(),
-            self.shadow.len()
+    /// One EMA step towards `params` (same names and order as at construction), on whole lists.
+    pub fn update(&mut self, params: &[(String, Tensor)]) -> Result<()> {
+        if params.len() != self.shadow.len() {
+            bail!(
+                "EMA update: {} parameters, the shadow has {}",
+                params.len(),
+                self.shadow.len()
+            );
+        }
+        debug_assert!(
+            self.shadow
+                .iter()
+                .zip(params)
+                .all(|((a, _), (b, _))| a == b),
+            "EMA update: parameter order changed"
         );
         self.num_updates += 1;
         let one_minus_decay = 1.0 - self.effective_decay(self.num_updates);
-        tch::no_grad(|| {
-            for ((s_name, s), (p_name, p)) in self.shadow.iter_mut().zip(params) {
-                debug_assert_eq!(s_name, p_name, "Ema::update: parameter order changed");
-                // Same float32 rounding as the reference: (s - p) * c, then s -= that.
-                let delta = (&*s - p) * one_minus_decay;
-                let _ = s.g_sub_(&delta);
-            }
-        });
+        let shadow: Vec<Tensor> = self.shadow.iter().map(|(_, s)| s.shallow_clone()).collect();
+        let params: Vec<Tensor> = params.iter().map(|(_, p)| p.shallow_clone()).collect();
+        tch::no_grad(|| -> Result<()> {
+            // Same float32 rounding as the reference: (s - p) * c, then s -= that.
+            let delta = foreach::sub(&shadow, &params)?;
+            foreach::mul_scalar_(&delta, one_minus_decay)?;
+            foreach::sub_(&shadow, &delta)
+        })
     }
 
     pub fn shadow(&self) -> &[(String, Tensor)] {
@@ -152,7 +160,7 @@ mod tests {
         let mut ema = Ema::new(&p, 0.9999);
         assert_eq!(ema.effective_decay(1), 2.0 / 11.0);
         let target = vec![("w".to_string(), Tensor::from_slice(&[0.0f64, 0.0]))];
-        ema.update(&target);
+        ema.update(&target).unwrap();
         let got: Vec<f64> = Vec::try_from(&ema.shadow()[0].1).unwrap();
         let d = 2.0 / 11.0;
         assert!((got[0] - d).abs() < 1e-15 && (got[1] - 2.0 * d).abs() < 1e-15);
@@ -166,7 +174,8 @@ mod tests {
         ema.update(&[(
             "a.w".to_string(),
             Tensor::zeros([3], (Kind::Float, tch::Device::Cpu)),
-        )]);
+        )])
+        .unwrap();
         let saved: Vec<(String, Tensor)> = ema
             .state_tensors()
             .into_iter()

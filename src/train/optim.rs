@@ -5,14 +5,14 @@
 //! restored, so a resumed run would restart Adam from zero moments. This one keeps every piece of
 //! state as a named tensor, so a checkpoint restores it bit for bit.
 //!
-//! There is no fused/foreach AdamW kernel exposed by tch 0.24, so each parameter is updated with
-//! plain in-place ops. The sequence of float roundings follows torch's single-tensor (CPU) path:
-//! the `value=` scalars of `addcmul_`/`addcdiv_`, which tch does not expose, are folded into the
-//! first factor, which is the multiplication the CPU kernel performs first anyway. torch's CUDA
-//! default (the foreach path) may round differently in the last bit; that is also true of torch
-//! against itself across devices.
+//! The update runs on whole lists of tensors (`torch._foreach_*`, see [`super::foreach`]): about
+//! ten dispatched ops per step whatever the number of parameters, torch's own multi-tensor path
+//! (its CUDA default). Its float roundings are torch's single-tensor path's: the list ops fall back
+//! to the per-tensor ops on CPU, and `addcmul`/`addcdiv` multiply their `value=` scalar into the
+//! first factor first, as the single-tensor path's kernels do.
 
-use anyhow::{Result, anyhow, bail};
+use super::foreach;
+use anyhow::{Context, Result, anyhow, bail};
 use std::collections::{HashMap, HashSet};
 use tch::{Kind, Tensor};
 
@@ -94,8 +94,8 @@ impl AdamW {
         self.steps.iter().copied().max().unwrap_or(0)
     }
 
-    /// One AdamW update of every parameter that has a gradient.
-    pub fn step(&mut self) {
+    /// One AdamW update of every parameter that has a gradient (torch's `_multi_tensor_adamw`).
+    pub fn step(&mut self) -> Result<()> {
         let AdamWConfig {
             lr,
             beta1,
@@ -103,44 +103,49 @@ impl AdamW {
             eps,
             weight_decay,
         } = self.cfg;
-        tch::no_grad(|| {
-            for i in 0..self.params.len() {
-                let p = &mut self.params[i].1;
-                let grad = p.grad();
-                if !grad.defined() {
-                    continue;
-                }
-                self.steps[i] += 1;
-                let step = self.steps[i] as f64;
-                if weight_decay != 0.0 {
-                    let _ = p.g_mul_scalar_(1.0 - lr * weight_decay);
-                }
-                let _ = self.exp_avg[i].lerp_(&grad, 1.0 - beta1);
-                let m2 = &mut self.exp_avg_sq[i];
-                let _ = m2.g_mul_scalar_(beta2);
-                let _ = m2.addcmul_(&(&grad * (1.0 - beta2)), &grad);
-
-                // Python doubles, in torch's order (`** 0.5`, not sqrt, for the same rounding).
-                let bias_correction1 = 1.0 - beta1.powf(step);
-                let bias_correction2 = 1.0 - beta2.powf(step);
-                let step_size = lr / bias_correction1;
-                let bias_correction2_sqrt = bias_correction2.powf(0.5);
-
-                let mut denom = m2.sqrt();
-                let _ = denom.g_div_scalar_(bias_correction2_sqrt);
-                let _ = denom.g_add_scalar_(eps);
-                let _ = p.addcdiv_(&(&self.exp_avg[i] * (-step_size)), &denom);
+        let live: Vec<usize> = (0..self.params.len())
+            .filter(|&i| self.params[i].1.grad().defined())
+            .collect();
+        if live.is_empty() {
+            return Ok(());
+        }
+        let pick =
+            |v: &[Tensor]| -> Vec<Tensor> { live.iter().map(|&i| v[i].shallow_clone()).collect() };
+        let params: Vec<Tensor> = live
+            .iter()
+            .map(|&i| self.params[i].1.shallow_clone())
+            .collect();
+        let grads: Vec<Tensor> = live.iter().map(|&i| self.params[i].1.grad()).collect();
+        let (exp_avg, exp_avg_sq) = (pick(&self.exp_avg), pick(&self.exp_avg_sq));
+        // Python doubles, in torch's order (`** 0.5`, not sqrt, for the same rounding).
+        let (mut neg_step_size, mut bias_correction2_sqrt) = (Vec::new(), Vec::new());
+        for &i in &live {
+            self.steps[i] += 1;
+            let step = self.steps[i] as f64;
+            neg_step_size.push(-(lr / (1.0 - beta1.powf(step))));
+            bias_correction2_sqrt.push((1.0 - beta2.powf(step)).powf(0.5));
+        }
+        tch::no_grad(|| -> Result<()> {
+            if weight_decay != 0.0 {
+                foreach::mul_scalar_(&params, 1.0 - lr * weight_decay)?;
             }
-        });
+            foreach::lerp_(&exp_avg, &grads, 1.0 - beta1)?;
+            foreach::mul_scalar_(&exp_avg_sq, beta2)?;
+            foreach::addcmul_(&exp_avg_sq, &grads, &grads, 1.0 - beta2)?;
+            let denom = foreach::sqrt(&exp_avg_sq)?;
+            foreach::div_scalars_(&denom, &bias_correction2_sqrt)?;
+            foreach::add_scalar_(&denom, eps)?;
+            foreach::addcdiv_scalars_(&params, &exp_avg, &denom, &neg_step_size)
+        })
+        .context("AdamW step")
     }
 
-    /// Zeroes the gradients in place. torch's default (`set_to_none=True`) drops them instead,
-    /// which tch cannot do; the two differ only for a parameter that later receives no gradient,
-    /// which would then still be stepped here with a zero gradient.
-    pub fn zero_grad(&mut self) {
-        for (_, p) in &mut self.params {
-            p.zero_grad();
-        }
+    /// Drops the gradients, as torch's default `zero_grad(set_to_none=True)` does: no kernel, and
+    /// the next backward writes each gradient instead of adding it to zeros. A parameter that
+    /// then receives no gradient is not stepped, as in torch.
+    pub fn zero_grad(&mut self) -> Result<()> {
+        let params: Vec<Tensor> = self.params.iter().map(|(_, p)| p.shallow_clone()).collect();
+        foreach::grads_to_none(&params)
     }
 
     /// `optim.exp_avg.<param>`, `optim.exp_avg_sq.<param>` (sharing storage with the state) and
@@ -224,9 +229,10 @@ impl AdamW {
 
 /// `torch.nn.utils.clip_grad_norm_` with the L2 norm: scales every gradient by
 /// `min(1, max_norm / (total + 1e-6))` and returns `total`, the norm of all gradients taken as
-/// one vector, before clipping. The scaling happens on the device whatever the norm (as torch
-/// does, to avoid a branch that needs a sync); the returned value is the one host sync.
-pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: f64) -> f64 {
+/// one vector, before clipping, as a 0-d tensor on the gradients' device (`None` without
+/// gradients). Nothing waits for the device: the scaling happens whatever the norm (as torch does,
+/// to avoid a branch that needs a sync), and the caller reads the norm when it logs.
+pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: f64) -> Result<Option<Tensor>> {
     tch::no_grad(|| {
         let grads: Vec<Tensor> = params
             .iter()
@@ -234,17 +240,17 @@ pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: f64) -> f64 {
             .filter(Tensor::defined)
             .collect();
         let Some(first) = grads.first() else {
-            return 0.0;
+            return Ok(None);
         };
         let device = first.device();
-        let norms: Vec<Tensor> = grads.iter().map(|g| g.norm().to_device(device)).collect();
+        if grads.iter().any(|g| g.device() != device) {
+            bail!("gradient clipping: gradients on more than one device");
+        }
+        let norms = foreach::norm(&grads)?;
         let total = Tensor::stack(&norms, 0).norm();
         // Python's `max_norm / tensor` is `tensor.reciprocal() * max_norm`.
         let coef = ((&total + 1e-6).reciprocal() * max_norm).clamp_max(1.0);
-        for g in &grads {
-            let mut g = g.shallow_clone();
-            let _ = g.g_mul_(&coef.to_device(g.device()));
-        }
-        f64::try_from(&total).expect("gradient norm is a scalar")
+        foreach::mul_tensor_(&grads, &coef)?;
+        Ok(Some(total))
     })
 }

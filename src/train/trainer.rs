@@ -141,17 +141,30 @@ impl Trainer<'_> {
         while self.state.step < end {
             let lr = plan.schedule.lr_at(self.state.step);
             let batches_before = self.state.batches;
+            let step = self.state.step;
             let loss = self.training_step(lr)?;
-            let intact = last_checkpoint.as_ref().or(plan.resume_from.as_ref());
-            ensure_finite(loss, self.state.step, lr, intact)?;
-            let grad_norm = self.optimizer_step();
-            last_loss = loss;
-            self.log.train_step(self.state.step, loss, lr, grad_norm)?;
-            if self.validation_due(batches_before) {
+            let grad_norm = self.optimizer_step()?;
+            self.log.queue(Pending {
+                step,
+                lr,
+                loss,
+                grad_norm,
+            });
+            let val_due = self.validation_due(batches_before);
+            let ckpt_due = self.checkpoint_due(end);
+            // The one host sync: losses and norms are read at logging steps and before anything
+            // is written, so a non-finite loss stops the run before a checkpoint can hold it.
+            if self.log.due(self.state.step) || val_due || ckpt_due.is_some() {
+                let intact = last_checkpoint.as_ref().or(plan.resume_from.as_ref());
+                if let Some(loss) = self.log.flush(self.state.step, intact)? {
+                    last_loss = loss;
+                }
+            }
+            if val_due {
                 last_val = Some(self.validation_step()?);
             }
-            if let Some(path) = self.checkpoint_callback(end)? {
-                last_checkpoint = Some(path);
+            if let Some(periodic) = ckpt_due {
+                last_checkpoint = Some(self.checkpoint_callback(periodic)?);
             }
         }
         let tokens_per_s = self.log.finish();
@@ -168,10 +181,11 @@ impl Trainer<'_> {
     }
 
     /// `training_step` over the step's micro-batches, then the one collective of the step:
-    /// gradients averaged over ranks, the loss riding along. Returns the step's mean loss.
-    fn training_step(&mut self, lr: f64) -> Result<f64> {
+    /// gradients averaged over ranks, the loss riding along. Returns the loss summed over the
+    /// micro-batches, on the device (read when logged).
+    fn training_step(&mut self, lr: f64) -> Result<Tensor> {
         self.state.opt.set_lr(lr);
-        self.state.opt.zero_grad();
+        self.state.opt.zero_grad()?;
         // Summed on the device: one host sync per optimizer step, not per micro-batch.
         let mut loss_sum: Option<Tensor> = None;
         for micro in 0..self.plan.accumulate {
@@ -184,9 +198,9 @@ impl Trainer<'_> {
         let loss_sum = loss_sum.context("accumulate_grad_batches is 0")?;
         let loss_sum = match (self.dist, &self.reducer) {
             (Some(pg), Some(r)) => r.reduce(pg, &self.state.params, &loss_sum)?,
-            _ => f64::try_from(&loss_sum)?,
+            _ => loss_sum,
         };
-        Ok(loss_sum / self.plan.accumulate as f64)
+        Ok(loss_sum)
     }
 
     /// Loss and backward of one micro-batch (scaled by 1/accumulate, as Lightning does); returns
@@ -208,17 +222,17 @@ impl Trainer<'_> {
     }
 
     /// Gradient clipping, AdamW and the EMA update, then the counters move on. Returns the
-    /// gradient norm before clipping (NaN without clipping).
-    fn optimizer_step(&mut self) -> f64 {
+    /// gradient norm before clipping, on the device (none without clipping).
+    fn optimizer_step(&mut self) -> Result<Option<Tensor>> {
         let grad_norm = match self.plan.grad_clip {
-            Some(max) => clip_grad_norm(&self.state.params, max),
-            None => f64::NAN,
+            Some(max) => clip_grad_norm(&self.state.params, max)?,
+            None => None,
         };
-        self.state.opt.step();
-        self.state.ema.update(&self.state.params);
+        self.state.opt.step()?;
+        self.state.ema.update(&self.state.params)?;
         self.state.batches += self.plan.accumulate as u64;
         self.state.step += 1;
-        grad_norm
+        Ok(grad_norm)
     }
 
     /// Due when this step's micro-batches crossed a multiple of `val_every_batches`.
@@ -249,14 +263,17 @@ impl Trainer<'_> {
         Ok(m)
     }
 
-    /// The checkpoint callback: `step-N` and `last` every `ckpt_every` steps, `last` at the
-    /// end. Returns `last`'s path when it was due (every rank; only rank 0 writes it).
-    fn checkpoint_callback(&self, end: u64) -> Result<Option<PathBuf>> {
+    /// Whether the checkpoint callback is due after this step: `Some(true)` every `ckpt_every`
+    /// steps (`step-N` and `last`), `Some(false)` at the end (`last` only).
+    fn checkpoint_due(&self, end: u64) -> Option<bool> {
         let (plan, step) = (self.plan, self.state.step);
         let periodic = plan.ckpt_every > 0 && step.is_multiple_of(plan.ckpt_every);
-        if !periodic && step != end {
-            return Ok(None);
-        }
+        (periodic || step == end).then_some(periodic)
+    }
+
+    /// The checkpoint callback. Returns `last`'s path (every rank; only rank 0 writes it).
+    fn checkpoint_callback(&self, periodic: bool) -> Result<PathBuf> {
+        let (plan, step) = (self.plan, self.state.step);
         let last = plan.ckpt_dir.join("last.safetensors");
         if self.main {
             if periodic {
@@ -264,7 +281,7 @@ impl Trainer<'_> {
             }
             self.save(&last)?;
         }
-        Ok(Some(last))
+        Ok(last)
     }
 
     fn save(&self, path: &Path) -> Result<()> {
@@ -277,7 +294,7 @@ impl Trainer<'_> {
     }
 }
 
-/// A non-finite loss stops the run before the optimizer step, so no checkpoint holds it.
+/// A non-finite loss stops the run at the next read, before any checkpoint can hold it.
 fn ensure_finite(loss: f64, step: u64, lr: f64, last_checkpoint: Option<&PathBuf>) -> Result<()> {
     if loss.is_finite() {
         return Ok(());
@@ -286,6 +303,16 @@ fn ensure_finite(loss: f64, step: u64, lr: f64, last_checkpoint: Option<&PathBuf
         "training loss is {loss} at step {step} (lr {lr:.3e}); stopped without writing a checkpoint, so the last one ({}) is intact — lower optim.lr or check the data",
         last_checkpoint.map_or("none yet".to_string(), |p| p.display().to_string())
     )
+}
+
+/// A step whose loss and gradient norm are still on the device.
+struct Pending {
+    /// The step's index before it ran (what an error names).
+    step: u64,
+    lr: f64,
+    /// Summed over the step's micro-batches.
+    loss: Tensor,
+    grad_norm: Option<Tensor>,
 }
 
 /// Where the loop reports: the progress bar and, on rank 0, `metrics.jsonl` (the other ranks
@@ -298,6 +325,8 @@ struct RunLog {
     tokens: f64,
     main: bool,
     log_every: u64,
+    accumulate: usize,
+    pending: Vec<Pending>,
 }
 
 impl RunLog {
@@ -322,6 +351,8 @@ impl RunLog {
             tokens: 0.0,
             main,
             log_every: plan.log_every,
+            accumulate: plan.accumulate,
+            pending: Vec::new(),
         })
     }
 
@@ -329,20 +360,67 @@ impl RunLog {
         self.tokens / self.started.elapsed().as_secs_f64().max(1e-9)
     }
 
-    fn train_step(&mut self, step: u64, loss: f64, lr: f64, grad_norm: f64) -> Result<()> {
+    /// Keeps a finished step for the next [`RunLog::flush`]; only the bar moves now.
+    fn queue(&mut self, p: Pending) {
+        self.bar.set_position(p.step + 1);
+        self.pending.push(p);
+    }
+
+    /// Whether global step `step` (just finished) is a logging step.
+    fn due(&self, step: u64) -> bool {
+        self.log_every > 0 && step.is_multiple_of(self.log_every)
+    }
+
+    /// Reads the queued losses and norms in one transfer, stops at the first non-finite loss,
+    /// and logs the logging steps among them. Returns the last step's mean loss.
+    fn flush(&mut self, step: u64, intact: Option<&PathBuf>) -> Result<Option<f64>> {
+        let pending = std::mem::take(&mut self.pending);
+        if pending.is_empty() {
+            return Ok(None);
+        }
+        let read = |ts: Vec<Tensor>| -> Result<Vec<f64>> {
+            let all = Tensor::stack(&ts, 0).to_kind(tch::Kind::Double);
+            Ok(Vec::<f64>::try_from(all.to_device(tch::Device::Cpu))?)
+        };
+        let losses = read(pending.iter().map(|p| p.loss.reshape([])).collect())?;
+        let norms: Vec<Tensor> = pending
+            .iter()
+            .filter_map(|p| p.grad_norm.as_ref())
+            .map(|n| n.reshape([]))
+            .collect();
+        let norms = if norms.len() == pending.len() {
+            read(norms)?
+        } else {
+            vec![f64::NAN; pending.len()]
+        };
         let tps = self.tokens_per_s();
+        let mut last = f64::NAN;
+        for ((p, loss_sum), grad_norm) in pending.iter().zip(losses).zip(norms) {
+            let loss = loss_sum / self.accumulate as f64;
+            ensure_finite(loss, p.step, p.lr, intact)?;
+            let (done, lr) = (p.step + 1, p.lr);
+            if self.main && self.due(done) {
+                tracing::info!(
+                    step = done,
+                    loss,
+                    lr,
+                    grad_norm,
+                    tokens_per_s = tps,
+                    "train"
+                );
+                writeln!(
+                    self.metrics,
+                    "{}",
+                    json!({"step": done, "train/loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tps})
+                )?;
+            }
+            last = loss;
+        }
+        let lr = pending.last().map_or(f64::NAN, |p| p.lr);
         self.bar.set_position(step);
         self.bar
-            .set_message(format!("loss {loss:.4} lr {lr:.2e} {:.0} tok/s", tps));
-        if self.main && self.log_every > 0 && step.is_multiple_of(self.log_every) {
-            tracing::info!(step, loss, lr, grad_norm, tokens_per_s = tps, "train");
-            writeln!(
-                self.metrics,
-                "{}",
-                json!({"step": step, "train/loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tps})
-            )?;
-        }
-        Ok(())
+            .set_message(format!("loss {last:.4} lr {lr:.2e} {tps:.0} tok/s"));
+        Ok(Some(last))
     }
 
     fn validation(&mut self, step: u64, m: &NllMeter) -> Result<()> {

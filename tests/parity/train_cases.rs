@@ -28,7 +28,7 @@ pub fn ema(case: &Case) -> Result<()> {
     let mut ema = Ema::new(&named("init.")?, decay);
     let decays = case.value("effective_decays")?.as_array();
     for k in 0..n_updates {
-        ema.update(&named(&format!("update{k}.param."))?);
+        ema.update(&named(&format!("update{k}.param."))?)?;
         if let Some(d) = decays.and_then(|d| d.get(k)).and_then(Value::as_f64) {
             // The fixture's list is informational and off from (1+n)/(10+n) in the last bits
             // (0.18181818181818185 for 2/11); the shadows below are the contract.

@@ -1,0 +1,256 @@
+//! A profiler users get too: libtorch's RecordFunction hook (the one `torch.profiler` rides on)
+//! records every op of a few steps, with its thread and times. From that come a Chrome trace
+//! (`trace.json`, opens in Perfetto or chrome://tracing) and the op count per step — `aten::` ops
+//! not nested in another `aten::` op, the rule of `torch.profiler`-based counts and, on a GPU,
+//! roughly the kernel launches a step pays.
+//!
+//! One recording at a time per process: the hook is global.
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::ffi::{CStr, c_char, c_int};
+use std::path::Path;
+
+unsafe extern "C" {
+    fn mdlm_prof_start() -> c_int;
+    fn mdlm_prof_stop() -> i64;
+    fn mdlm_prof_now_ns() -> i64;
+    fn mdlm_prof_event(
+        i: i64,
+        name: *mut *const c_char,
+        thread: *mut u32,
+        t0_ns: *mut i64,
+        t1_ns: *mut i64,
+        top: *mut c_int,
+    ) -> c_int;
+}
+
+/// One recorded op or span.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub name: String,
+    pub thread: u32,
+    pub t0_ns: i64,
+    pub t1_ns: i64,
+    /// An `aten::` op no other `aten::` op encloses.
+    pub top: bool,
+}
+
+/// A named stretch of the caller's own (a step, a phase), on the recorder's clock.
+#[derive(Debug, Clone)]
+pub struct Span {
+    pub name: String,
+    pub t0_ns: i64,
+    pub t1_ns: i64,
+}
+
+/// Recording in progress; [`Recorder::stop`] ends it. Dropping it stops too, discarding.
+pub struct Recorder {
+    spans: Vec<Span>,
+    live: bool,
+}
+
+impl Recorder {
+    pub fn start() -> Result<Recorder> {
+        // SAFETY: no arguments; the bridge guards its own state.
+        if unsafe { mdlm_prof_start() } != 0 {
+            bail!("a profile is already being recorded in this process");
+        }
+        Ok(Recorder {
+            spans: Vec::new(),
+            live: true,
+        })
+    }
+
+    /// Runs `f` as a span named `name` (a step, or a phase of one).
+    pub fn span<T>(&mut self, name: &str, f: impl FnOnce() -> T) -> T {
+        let t0_ns = now_ns();
+        let out = f();
+        self.spans.push(Span {
+            name: name.to_string(),
+            t0_ns,
+            t1_ns: now_ns(),
+        });
+        out
+    }
+
+    pub fn stop(mut self) -> Recording {
+        self.live = false;
+        // SAFETY: as in `start`; events are read by index below, before any new start.
+        let n = unsafe { mdlm_prof_stop() };
+        let events = (0..n).filter_map(read_event).collect();
+        Recording {
+            events,
+            spans: std::mem::take(&mut self.spans),
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if self.live {
+            // SAFETY: as in `start`.
+            unsafe { mdlm_prof_stop() };
+        }
+    }
+}
+
+fn now_ns() -> i64 {
+    // SAFETY: reads a clock.
+    unsafe { mdlm_prof_now_ns() }
+}
+
+fn read_event(i: i64) -> Option<Event> {
+    let mut name: *const c_char = std::ptr::null();
+    let (mut thread, mut t0_ns, mut t1_ns, mut top) = (0u32, 0i64, 0i64, 0 as c_int);
+    // SAFETY: the out-pointers are valid locals; the name lives until the next start, and is
+    // copied at once.
+    let rc =
+        unsafe { mdlm_prof_event(i, &mut name, &mut thread, &mut t0_ns, &mut t1_ns, &mut top) };
+    if rc != 0 || name.is_null() {
+        return None;
+    }
+    // SAFETY: a NUL-terminated string owned by the bridge, checked non-null above.
+    let name = unsafe { CStr::from_ptr(name) }
+        .to_string_lossy()
+        .into_owned();
+    Some(Event {
+        name,
+        thread,
+        t0_ns,
+        t1_ns,
+        top: top != 0,
+    })
+}
+
+/// What a recording kept.
+pub struct Recording {
+    pub events: Vec<Event>,
+    pub spans: Vec<Span>,
+}
+
+impl Recording {
+    /// Top-level ops by name, over the whole recording.
+    pub fn top_ops(&self) -> BTreeMap<String, usize> {
+        count_by_name(self.events.iter().filter(|e| e.top))
+    }
+
+    /// Top-level ops that started inside the spans named `name`, by op name, divided by how many
+    /// such spans there were (ops per step when each step is a span). Empty when none matched.
+    pub fn top_ops_per(&self, name: &str) -> (usize, BTreeMap<String, f64>) {
+        let spans: Vec<&Span> = self.spans.iter().filter(|s| s.name == name).collect();
+        if spans.is_empty() {
+            return (0, BTreeMap::new());
+        }
+        let inside = self.events.iter().filter(|e| {
+            e.top
+                && spans
+                    .iter()
+                    .any(|s| s.t0_ns <= e.t0_ns && e.t0_ns < s.t1_ns)
+        });
+        let n = spans.len() as f64;
+        let per = count_by_name(inside)
+            .into_iter()
+            .map(|(k, v)| (k, v as f64 / n))
+            .collect();
+        (spans.len(), per)
+    }
+
+    /// A table of `top_ops_per(span)`: total first, then the `most` frequent names.
+    pub fn table(&self, span: &str, most: usize) -> String {
+        let (n, per) = self.top_ops_per(span);
+        let total: f64 = per.values().sum();
+        let mut rows: Vec<(&String, &f64)> = per.iter().collect();
+        rows.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
+        let mut out = format!("ops per {span} ({n} recorded): {total:.0}\n");
+        for (name, c) in rows.into_iter().take(most) {
+            out.push_str(&format!("  {c:>8.1}  {name}\n"));
+        }
+        out
+    }
+
+    /// Chrome's trace-event format: one complete ("X") event per op and per span, times in
+    /// microseconds from the first event; spans on their own track.
+    pub fn write_chrome_trace(&self, path: &Path) -> Result<()> {
+        let origin = self
+            .events
+            .iter()
+            .map(|e| e.t0_ns)
+            .chain(self.spans.iter().map(|s| s.t0_ns))
+            .min()
+            .unwrap_or(0);
+        let us = |ns: i64| (ns - origin) as f64 / 1e3;
+        let mut trace: Vec<serde_json::Value> = Vec::with_capacity(self.events.len() + 8);
+        for s in &self.spans {
+            trace.push(
+                json!({"name": s.name, "cat": "step", "ph": "X", "pid": 0, "tid": "steps",
+                "ts": us(s.t0_ns), "dur": us(s.t1_ns) - us(s.t0_ns)}),
+            );
+        }
+        for e in &self.events {
+            let cat = if e.top { "op" } else { "nested" };
+            trace.push(
+                json!({"name": e.name, "cat": cat, "ph": "X", "pid": 0, "tid": e.thread,
+                "ts": us(e.t0_ns), "dur": us(e.t1_ns) - us(e.t0_ns)}),
+            );
+        }
+        let doc = json!({"traceEvents": trace, "displayTimeUnit": "ms"});
+        crate::atomic_file::write_atomically(path, None, |w| Ok(serde_json::to_writer(w, &doc)?))
+            .with_context(|| format!("writing the trace {}", path.display()))
+    }
+}
+
+fn count_by_name<'a>(events: impl Iterator<Item = &'a Event>) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for e in events {
+        *out.entry(e.name.clone()).or_insert(0) += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Kind, Tensor};
+
+    /// `linear` dispatches addmm/matmul inside itself: one top-level op, whatever it calls.
+    #[test]
+    fn nested_aten_ops_count_once_and_spans_split_steps() {
+        let x = Tensor::ones([4, 3], (Kind::Float, tch::Device::Cpu));
+        let w = Tensor::ones([2, 3], (Kind::Float, tch::Device::Cpu));
+        let mut rec = Recorder::start().unwrap();
+        for _ in 0..2 {
+            rec.span("step", || {
+                let y = x.linear(&w, None::<Tensor>);
+                let _ = (&y + 1.0).sum(Kind::Float);
+            });
+        }
+        let r = rec.stop();
+        let (n, per) = r.top_ops_per("step");
+        assert_eq!(n, 2);
+        assert_eq!(per.get("aten::linear"), Some(&1.0), "{per:?}");
+        assert_eq!(per.get("aten::add"), Some(&1.0), "{per:?}");
+        assert_eq!(per.get("aten::sum"), Some(&1.0), "{per:?}");
+        assert!(!per.contains_key("aten::mm") && !per.contains_key("aten::addmm"));
+        // What linear ran inside is kept, as nested events, for the trace.
+        assert!(
+            r.events
+                .iter()
+                .any(|e| !e.top && e.name.starts_with("aten::"))
+        );
+        let dir = std::env::temp_dir().join(format!("mdlm-prof-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("trace.json");
+        r.write_chrome_trace(&path).unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let evs = doc["traceEvents"].as_array().unwrap();
+        assert_eq!(evs.len(), r.events.len() + 2);
+        assert!(
+            evs.iter()
+                .all(|e| e["ph"] == "X" && e["dur"].as_f64().unwrap() >= 0.0)
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
