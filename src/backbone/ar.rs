@@ -12,7 +12,7 @@
 //! `log_softmax` live in `diffusion::ar`, next to the other parameterizations.
 
 use super::layers::{
-    LayerNorm, Linear, Sublayers, attention, rotary_inv_freq, rotary_tables, vocab_embedding,
+    LayerNorm, Linear, Rotary, Sublayers, attention, in_kind, rotary_inv_freq, vocab_embedding,
 };
 use super::{Backbone, DitConfig, Precision};
 use tch::{Device, Kind, Tensor, nn};
@@ -50,15 +50,6 @@ impl From<&DitConfig> for ArConfig {
             rotary_base: c.rotary_base,
         }
     }
-}
-
-/// Rotary tables for absolute positions `start..start + n`: `(cos, sin)`, each `[n, d/2]`.
-/// Computed as `rotary_tables` does (float32 `pos * inv_freq`), so a cached step sees bit-identical
-/// angles to a full forward pass.
-fn rotary_at(inv_freq: &Tensor, start: i64, n: i64) -> (Tensor, Tensor) {
-    let pos = Tensor::arange_start(start, start + n, (Kind::Float, inv_freq.device()));
-    let angles = pos.unsqueeze(1) * inv_freq.unsqueeze(0); // [n, d/2]
-    (angles.cos(), angles.sin())
 }
 
 /// Keys and values of one block for the positions fed so far. Buffers are preallocated to a
@@ -134,8 +125,8 @@ impl Block {
     }
 
     /// `x [B, n, H]` → rotary'd q, k and plain v, each `[B, nh, n, dh]`, in `kind`.
-    fn qkv(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, kind: Kind) -> (Tensor, Tensor, Tensor) {
-        self.sub.qkv(&self.sub.norm1.forward(x), cos, sin, kind)
+    fn qkv(&self, x: &Tensor, rot: &Rotary, kind: Kind) -> (Tensor, Tensor, Tensor) {
+        self.sub.qkv(&self.sub.norm1.forward(x), rot, kind)
     }
 
     /// Output projection and MLP, both residual; `attn [B, nh, n, dh]`, `x [B, n, H]` float32.
@@ -146,23 +137,15 @@ impl Block {
     }
 
     /// Whole sequences, causal attention.
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, kind: Kind, train: bool) -> Tensor {
-        let (q, k, v) = self.qkv(x, cos, sin, kind);
+    fn forward(&self, x: &Tensor, rot: &Rotary, kind: Kind, train: bool) -> Tensor {
+        let (q, k, v) = self.qkv(x, rot, kind);
         let attn = attention(&q, &k, &v, None, true);
         self.finish(x, &attn, kind, train)
     }
 
     /// New positions `start..start + n` against the cached ones; appends their keys and values.
-    fn step(
-        &self,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        kind: Kind,
-        cache: &mut ArCache,
-        i: usize,
-    ) -> Tensor {
-        let (q, k, v) = self.qkv(x, cos, sin, kind);
+    fn step(&self, x: &Tensor, rot: &Rotary, kind: Kind, cache: &mut ArCache, i: usize) -> Tensor {
+        let (q, k, v) = self.qkv(x, rot, kind);
         let (b, nh, n, dh) = q.size4().expect("[B, nh, n, dh]");
         let start = cache.len;
         let kv = cache.reserve(i, n, (b, nh, dh), kind, x.device());
@@ -238,11 +221,11 @@ impl Ar {
     pub fn logits(&self, ids: &Tensor, train: bool) -> Tensor {
         let kind = self.precision.kind();
         let mut x = Tensor::embedding(&self.vocab_embed, ids, -1, false, false); // [B, L, H]
-        let (cos, sin) = rotary_tables(&self.inv_freq, ids.size()[1]);
+        let rot = Rotary::at(&self.inv_freq, 0, ids.size()[1], kind);
         for block in &self.blocks {
-            x = block.forward(&x, &cos, &sin, kind, train);
+            x = block.forward(&x, &rot, kind, train);
         }
-        self.output_layer.forward(&x, kind).to_kind(Kind::Float)
+        in_kind(&self.output_layer.forward(&x, kind), Kind::Float)
     }
 
     /// An empty cache with room for `capacity` positions (it grows if more are fed).
@@ -262,12 +245,12 @@ impl Ar {
         let kind = self.precision.kind();
         let n = ids_new.size()[1];
         let mut x = Tensor::embedding(&self.vocab_embed, ids_new, -1, false, false); // [B, n, H]
-        let (cos, sin) = rotary_at(&self.inv_freq, cache.len, n);
+        let rot = Rotary::at(&self.inv_freq, cache.len, n, kind);
         for (i, block) in self.blocks.iter().enumerate() {
-            x = block.step(&x, &cos, &sin, kind, cache, i);
+            x = block.step(&x, &rot, kind, cache, i);
         }
         cache.len += n;
-        self.output_layer.forward(&x, kind).to_kind(Kind::Float)
+        in_kind(&self.output_layer.forward(&x, kind), Kind::Float)
     }
 }
 
@@ -391,11 +374,11 @@ mod tests {
         ] {
             fill(&vs, &[silenced]);
             let x = Tensor::embedding(&model.vocab_embed, &ids, -1, false, false);
-            let (cos, sin) = rotary_tables(&model.inv_freq, 6);
+            let rot = Rotary::at(&model.inv_freq, 0, 6, Kind::Float);
             let block = &model.blocks[0];
-            let eval = block.forward(&x, &cos, &sin, Kind::Float, false);
+            let eval = block.forward(&x, &rot, Kind::Float, false);
             tch::manual_seed(7);
-            let train = block.forward(&x, &cos, &sin, Kind::Float, true);
+            let train = block.forward(&x, &rot, Kind::Float, true);
             assert_branch_dropout(&x, &eval, &train, p, branch);
         }
     }

@@ -3,8 +3,8 @@
 //! parameter paths equal its state-dict names under the caller's prefix (`backbone`).
 
 use super::layers::{
-    LayerNorm, Linear, Sublayers, TimestepEmbedder, attention, modulate, rotary_inv_freq,
-    rotary_tables, vocab_embedding,
+    LayerNorm, Linear, Rotary, Sublayers, TimestepEmbedder, attention, gated_residual, in_kind,
+    modulate_scaled, rotary_inv_freq, vocab_embedding,
 };
 use super::{Backbone, Precision};
 use tch::{Kind, Tensor, nn};
@@ -29,63 +29,87 @@ impl DitConfig {
     }
 }
 
+/// The adaLN modulation `[B, n * H]` with 1 added to its scale chunks in one op, so each
+/// modulate is one multiply-add (`1 + scale` rounds the same either way).
+struct AdaLn {
+    linear: Linear,
+    /// `[n * H]` in the compute precision: 1 on the scale chunks, 0 elsewhere.
+    ones_at_scales: Tensor,
+    chunks: i64,
+}
+
+impl AdaLn {
+    /// `scales`: which of the `chunks` chunks of width `h` are scales.
+    fn new(p: nn::Path, cond: i64, h: i64, chunks: i64, scales: &[i64], kind: Kind) -> AdaLn {
+        let linear = Linear::zeros(p, cond, chunks * h);
+        let ones_at_scales = Tensor::zeros([chunks, h], (kind, linear.weight.device()));
+        for &i in scales {
+            let _ = ones_at_scales.get(i).fill_(1.0);
+        }
+        AdaLn {
+            linear,
+            ones_at_scales: ones_at_scales.view([chunks * h]),
+            chunks,
+        }
+    }
+
+    /// `c [B, cond]` → `chunks` x `[B, 1, H]`, scale chunks as `1 + scale`.
+    fn forward(&self, c: &Tensor, kind: Kind) -> Vec<Tensor> {
+        (self.linear.forward(c, kind) + &self.ones_at_scales)
+            .unsqueeze(1)
+            .chunk(self.chunks, 2)
+    }
+}
+
 struct Block {
     sub: Sublayers,
-    ada_ln: Linear,
+    ada_ln: AdaLn,
 }
 
 impl Block {
-    fn new(p: nn::Path, cfg: &DitConfig) -> Block {
+    fn new(p: nn::Path, cfg: &DitConfig, kind: Kind) -> Block {
         let h = cfg.hidden_size;
         Block {
             sub: Sublayers::new(&p, h, cfg.mlp_ratio, cfg.n_heads, cfg.dropout),
-            ada_ln: Linear::zeros(&p / "adaLN_modulation", cfg.cond_dim, 6 * h),
+            ada_ln: AdaLn::new(&p / "adaLN_modulation", cfg.cond_dim, h, 6, &[1, 4], kind),
         }
     }
 
     /// `x [B, L, H]` float32 residual stream; `c [B, cond]`.
-    fn forward(
-        &self,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        c: &Tensor,
-        kind: Kind,
-        train: bool,
-    ) -> Tensor {
-        let m = self.ada_ln.forward(c, kind).unsqueeze(1).chunk(6, 2); // 6 x [B, 1, H]
-        let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
-        let (shift_mlp, scale_mlp, gate_mlp) = (&m[3], &m[4], &m[5]);
+    fn forward(&self, x: &Tensor, rot: &Rotary, c: &Tensor, kind: Kind, train: bool) -> Tensor {
+        let m = self.ada_ln.forward(c, kind); // 6 x [B, 1, H]
+        let (shift_msa, scale1_msa, gate_msa) = (&m[0], &m[1], &m[2]);
+        let (shift_mlp, scale1_mlp, gate_mlp) = (&m[3], &m[4], &m[5]);
 
-        let a = modulate(&self.sub.norm1.forward(x), shift_msa, scale_msa);
-        let (q, k, v) = self.sub.qkv(&a, cos, sin, kind);
+        let a = modulate_scaled(&self.sub.norm1.forward(x), shift_msa, scale1_msa);
+        let (q, k, v) = self.sub.qkv(&a, rot, kind);
         let attn = attention(&q, &k, &v, None, false);
-        let x = x + gate_msa * self.sub.attn_out(&attn, kind, train);
+        let x = gated_residual(x, gate_msa, &self.sub.attn_out(&attn, kind, train));
 
-        let a = modulate(&self.sub.norm2.forward(&x), shift_mlp, scale_mlp);
-        &x + gate_mlp * self.sub.mlp(&a, kind, train)
+        let a = modulate_scaled(&self.sub.norm2.forward(&x), shift_mlp, scale1_mlp);
+        gated_residual(&x, gate_mlp, &self.sub.mlp(&a, kind, train))
     }
 }
 
 struct FinalLayer {
     norm_final: LayerNorm,
     linear: Linear,
-    ada_ln: Linear,
+    ada_ln: AdaLn,
 }
 
 impl FinalLayer {
-    fn new(p: nn::Path, cfg: &DitConfig) -> FinalLayer {
+    fn new(p: nn::Path, cfg: &DitConfig, kind: Kind) -> FinalLayer {
         let h = cfg.hidden_size;
         FinalLayer {
             norm_final: LayerNorm::new(&p / "norm_final", h),
             linear: Linear::zeros(&p / "linear", h, cfg.vocab_size),
-            ada_ln: Linear::zeros(&p / "adaLN_modulation", cfg.cond_dim, 2 * h),
+            ada_ln: AdaLn::new(&p / "adaLN_modulation", cfg.cond_dim, h, 2, &[1], kind),
         }
     }
 
     fn forward(&self, x: &Tensor, c: &Tensor, kind: Kind) -> Tensor {
-        let m = self.ada_ln.forward(c, kind).unsqueeze(1).chunk(2, 2);
-        let a = modulate(&self.norm_final.forward(x), &m[0], &m[1]);
+        let m = self.ada_ln.forward(c, kind);
+        let a = modulate_scaled(&self.norm_final.forward(x), &m[0], &m[1]);
         self.linear.forward(&a, kind)
     }
 }
@@ -108,10 +132,11 @@ impl Dit {
             TimestepEmbedder::new(&p / "sigma_map", cfg.cond_dim, cfg.frequency_embedding_size);
         let inv_freq = rotary_inv_freq(&p / "rotary_emb", cfg.head_dim(), cfg.rotary_base);
         let blocks_p = &p / "blocks";
+        let kind = precision.kind();
         let blocks = (0..cfg.n_blocks)
-            .map(|i| Block::new(&blocks_p / i, cfg))
+            .map(|i| Block::new(&blocks_p / i, cfg, kind))
             .collect();
-        let output_layer = FinalLayer::new(&p / "output_layer", cfg);
+        let output_layer = FinalLayer::new(&p / "output_layer", cfg, kind);
         Dit {
             vocab_embed,
             sigma_map,
@@ -132,12 +157,12 @@ impl Backbone for Dit {
         let kind = self.precision.kind();
         let x = Tensor::embedding(&self.vocab_embed, ids, -1, false, false); // [B, L, H]
         let c = self.sigma_map.forward(sigma).silu(); // [B, cond]
-        let (cos, sin) = rotary_tables(&self.inv_freq, ids.size()[1]);
+        let rot = Rotary::at(&self.inv_freq, 0, ids.size()[1], kind);
         let mut x = x;
         for block in &self.blocks {
-            x = block.forward(&x, &cos, &sin, &c, kind, train);
+            x = block.forward(&x, &rot, &c, kind, train);
         }
-        self.output_layer.forward(&x, &c, kind).to_kind(Kind::Float)
+        in_kind(&self.output_layer.forward(&x, &c, kind), Kind::Float)
     }
 }
 
@@ -208,11 +233,11 @@ mod tests {
             fill(&vs, &[silenced]);
             let x = Tensor::embedding(&model.vocab_embed, &ids, -1, false, false);
             let c = model.sigma_map.forward(&sigma).silu();
-            let (cos, sin) = rotary_tables(&model.inv_freq, 6);
+            let rot = Rotary::at(&model.inv_freq, 0, 6, Kind::Float);
             let block = &model.blocks[0];
-            let eval = block.forward(&x, &cos, &sin, &c, Kind::Float, false);
+            let eval = block.forward(&x, &rot, &c, Kind::Float, false);
             tch::manual_seed(7);
-            let train = block.forward(&x, &cos, &sin, &c, Kind::Float, true);
+            let train = block.forward(&x, &rot, &c, Kind::Float, true);
             assert_branch_dropout(&x, &eval, &train, p, branch);
         }
     }

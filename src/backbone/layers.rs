@@ -30,14 +30,33 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor, kind: Kind) -> Tensor {
-        let w = self.weight.to_kind(kind);
-        let b = self.bias.as_ref().map(|b| b.to_kind(kind));
-        x.to_kind(kind).linear(&w, b.as_ref())
+        let w = in_kind(&self.weight, kind);
+        let b = self.bias.as_ref().map(|b| in_kind(b, kind));
+        in_kind(x, kind).linear(&w, b.as_ref())
+    }
+}
+
+/// `t` in `kind`; no op at all when it already is (`to` would still be dispatched, and counted).
+pub fn in_kind(t: &Tensor, kind: Kind) -> Tensor {
+    if t.kind() == kind {
+        t.shallow_clone()
+    } else {
+        t.to_kind(kind)
+    }
+}
+
+/// Dropout in training only: evaluation and `p = 0` dispatch nothing.
+pub fn dropout(x: Tensor, p: f64, train: bool) -> Tensor {
+    if train && p > 0.0 {
+        x.dropout(p, true)
+    } else {
+        x
     }
 }
 
 /// LayerNorm without bias (`models/dit.py: LayerNorm`): normalised in float32 with autocast off,
-/// then scaled by `weight`.
+/// then scaled by `weight` — inside the one layer-norm kernel, which computes the same
+/// `(x - mean) * rstd * weight` products.
 pub struct LayerNorm {
     pub weight: Tensor,
     dim: i64,
@@ -52,14 +71,13 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let x = x.to_kind(Kind::Float).layer_norm(
+        in_kind(x, Kind::Float).layer_norm(
             [self.dim],
-            None::<Tensor>,
-            None::<Tensor>,
+            Some(&self.weight),
+            None::<&Tensor>,
             1e-5,
             true,
-        );
-        x * &self.weight
+        )
     }
 }
 
@@ -93,22 +111,19 @@ impl Sublayers {
     }
 
     /// `a [B, n, H]` (the normalised input) → rotary'd q, k and plain v, each `[B, nh, n, dh]`.
-    pub fn qkv(
-        &self,
-        a: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        kind: Kind,
-    ) -> (Tensor, Tensor, Tensor) {
+    /// q and k are rotated together, as one tensor.
+    pub fn qkv(&self, a: &Tensor, rot: &Rotary, kind: Kind) -> (Tensor, Tensor, Tensor) {
         let (b, n, h) = a.size3().expect("[B, n, H]");
         let qkv = self
             .attn_qkv
             .forward(a, kind)
             .view([b, n, 3, self.n_heads, h / self.n_heads]); // [B, n, 3, nh, dh]
-        let q = apply_rotary(&qkv.select(2, 0), cos, sin).transpose(1, 2); // [B, nh, n, dh]
-        let k = apply_rotary(&qkv.select(2, 1), cos, sin).transpose(1, 2);
+        let qk = rot
+            .apply(&qkv.narrow(2, 0, 2))
+            .permute([2, 0, 3, 1, 4]) // [2, B, nh, n, dh]
+            .unbind(0);
         let v = qkv.select(2, 2).transpose(1, 2);
-        (q, k, v)
+        (qk[0].shallow_clone(), qk[1].shallow_clone(), v)
     }
 
     /// Attention output `[B, nh, n, dh]` → heads back to `[B, n, H]` (head-major), projected,
@@ -116,15 +131,13 @@ impl Sublayers {
     pub fn attn_out(&self, attn: &Tensor, kind: Kind, train: bool) -> Tensor {
         let (b, nh, n, dh) = attn.size4().expect("[B, nh, n, dh]");
         let attn = attn.transpose(1, 2).reshape([b, n, nh * dh]);
-        self.attn_out
-            .forward(&attn, kind)
-            .dropout(self.dropout, train)
+        dropout(self.attn_out.forward(&attn, kind), self.dropout, train)
     }
 
     /// The MLP on the normalised `a [B, n, H]`, with dropout.
     pub fn mlp(&self, a: &Tensor, kind: Kind, train: bool) -> Tensor {
         let hdn = self.mlp0.forward(a, kind).gelu("tanh");
-        self.mlp2.forward(&hdn, kind).dropout(self.dropout, train)
+        dropout(self.mlp2.forward(&hdn, kind), self.dropout, train)
     }
 }
 
@@ -148,7 +161,19 @@ pub fn vocab_embedding(p: nn::Path, vocab: i64, hidden: i64) -> Tensor {
 
 /// `x * (1 + scale) + shift`, with shift/scale `[B, 1, H]`.
 pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Tensor {
-    x * (scale + 1.0) + shift
+    modulate_scaled(x, shift, &(scale + 1.0))
+}
+
+/// `x * one_plus_scale + shift` in one kernel (`addcmul`: the same product, then the same sum).
+pub fn modulate_scaled(x: &Tensor, shift: &Tensor, one_plus_scale: &Tensor) -> Tensor {
+    shift.addcmul(x, one_plus_scale)
+}
+
+/// `residual + gate * branch` in one kernel, the reference's `bias_dropout_add_scale` after its
+/// dropout. In float32 the same product and sum as two ops; with a bf16 branch the product stays
+/// in float32 (as a fusing compiler keeps it) instead of being rounded to bf16 first.
+pub fn gated_residual(residual: &Tensor, gate: &Tensor, branch: &Tensor) -> Tensor {
+    residual.addcmul(gate, branch)
 }
 
 /// Sinusoidal features of the noise level followed by an MLP (`TimestepEmbedder`).
@@ -156,6 +181,8 @@ pub struct TimestepEmbedder {
     mlp0: Linear,
     mlp2: Linear,
     freq_dim: i64,
+    /// `[1, freq_dim / 2]`, computed once (not a parameter, not in the state dict).
+    freqs: Tensor,
 }
 
 impl TimestepEmbedder {
@@ -165,12 +192,13 @@ impl TimestepEmbedder {
             mlp0: Linear::new(&mlp / "0", freq_dim, cond_dim, true),
             mlp2: Linear::new(&mlp / "2", cond_dim, cond_dim, true),
             freq_dim,
+            freqs: timestep_freqs(freq_dim, 10_000.0, p.device()).unsqueeze(0),
         }
     }
 
     /// `sigma [B]` → `[B, cond_dim]`, float32 (the reference runs it outside the bf16 region).
     pub fn forward(&self, sigma: &Tensor) -> Tensor {
-        let emb = timestep_embedding(sigma, self.freq_dim, 10_000.0);
+        let emb = embed_with(sigma, &self.freqs, self.freq_dim);
         let h = self.mlp0.forward(&emb, Kind::Float).silu();
         self.mlp2.forward(&h, Kind::Float)
     }
@@ -178,10 +206,22 @@ impl TimestepEmbedder {
 
 /// `[cos(t f_k), sin(t f_k)]` with `f_k = exp(-ln(max_period) k / half)`.
 pub fn timestep_embedding(t: &Tensor, dim: i64, max_period: f64) -> Tensor {
+    embed_with(
+        t,
+        &timestep_freqs(dim, max_period, t.device()).unsqueeze(0),
+        dim,
+    )
+}
+
+/// The `f_k` of [`timestep_embedding`], `[dim / 2]`.
+fn timestep_freqs(dim: i64, max_period: f64, device: tch::Device) -> Tensor {
     let half = dim / 2;
-    let k = Tensor::arange(half, (Kind::Float, t.device()));
-    let freqs = (k * (-max_period.ln()) / half as f64).exp();
-    let args = t.to_kind(Kind::Float).unsqueeze(1) * freqs.unsqueeze(0); // [B, half]
+    let k = Tensor::arange(half, (Kind::Float, device));
+    (k * (-max_period.ln()) / half as f64).exp()
+}
+
+fn embed_with(t: &Tensor, freqs: &Tensor, dim: i64) -> Tensor {
+    let args = in_kind(t, Kind::Float).unsqueeze(1) * freqs; // [B, half]
     let emb = Tensor::cat(&[args.cos(), args.sin()], -1);
     if dim % 2 == 1 {
         Tensor::cat(&[&emb, &emb.zeros_like().narrow(1, 0, 1)], -1)
@@ -190,24 +230,41 @@ pub fn timestep_embedding(t: &Tensor, dim: i64, max_period: f64) -> Tensor {
     }
 }
 
-/// Rotary position tables for `seq_len` positions: `(cos, sin)`, each `[L, d/2]`.
-pub fn rotary_tables(inv_freq: &Tensor, seq_len: i64) -> (Tensor, Tensor) {
-    let pos = Tensor::arange(seq_len, (Kind::Float, inv_freq.device()));
-    let angles = pos.unsqueeze(1) * inv_freq.unsqueeze(0); // [L, d/2]
-    (angles.cos(), angles.sin())
+/// Rotary position tables for positions `start..start + n`, laid out for q and k of shape
+/// `[B, n, ..., dh]` ("rotate half": with x1, x2 the halves of dh,
+/// `[x1 cos - x2 sin, x1 sin + x2 cos]`).
+pub struct Rotary {
+    /// `[n, 1, 1, dh]`: `[cos, cos]`.
+    cos: Tensor,
+    /// `[n, 1, 1, dh]`: `[-sin, sin]`, so the swapped halves need one multiply-add.
+    sin: Tensor,
 }
 
-/// "Rotate half" rotary embedding on `x [B, L, H, D]`: with x1, x2 the halves of D,
-/// `[x1 cos - x2 sin, x1 sin + x2 cos]`. Tables are `[L, D/2]`, cast to x's dtype as the reference
-/// does.
-pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
-    let d = x.size()[3];
-    let kind = x.kind();
-    let cos = cos.to_kind(kind).unsqueeze(0).unsqueeze(2); // [1, L, 1, D/2]
-    let sin = sin.to_kind(kind).unsqueeze(0).unsqueeze(2);
-    let x1 = x.narrow(3, 0, d / 2);
-    let x2 = x.narrow(3, d / 2, d / 2);
-    Tensor::cat(&[&x1 * &cos - &x2 * &sin, &x1 * &sin + &x2 * &cos], 3)
+impl Rotary {
+    /// Angles in float32 (`pos * inv_freq`), the tables then cast to `kind` as the reference
+    /// casts them to x's dtype; a cached step at `start > 0` sees the angles a full pass sees.
+    pub fn at(inv_freq: &Tensor, start: i64, n: i64, kind: Kind) -> Rotary {
+        let pos = Tensor::arange_start(start, start + n, (Kind::Float, inv_freq.device()));
+        let angles = pos.unsqueeze(1) * inv_freq.unsqueeze(0); // [n, dh/2]
+        let (cos, sin) = (angles.cos(), angles.sin());
+        let dh = 2 * inv_freq.size()[0];
+        let table = |t: Tensor| in_kind(&t, kind).view([n, 1, 1, dh]);
+        Rotary {
+            cos: table(Tensor::cat(&[&cos, &cos], 1)),
+            sin: table(Tensor::cat(&[-&sin, sin], 1)),
+        }
+    }
+
+    /// `x [B, n, k, nh, dh]` rotated: `x * [cos, cos] + [x2, x1] * [-sin, sin]`, which rounds as
+    /// `x1 cos - x2 sin` and `x1 sin + x2 cos` do (negation and the order of a sum are exact).
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        let size = x.size();
+        let dh = size[size.len() - 1];
+        let mut halves = size[..size.len() - 1].to_vec();
+        halves.extend([2, dh / 2]);
+        let swapped = x.view(halves.as_slice()).flip([-2]).view(size.as_slice());
+        (x * &self.cos).addcmul(&swapped, &self.sin)
+    }
 }
 
 /// Softmax attention at the default `1/sqrt(dh)` scale, no attention dropout (the reference

@@ -157,15 +157,36 @@ impl Recording {
         (spans.len(), per)
     }
 
-    /// A table of `top_ops_per(span)`: total first, then the `most` frequent names.
+    /// Top-level ops inside the spans named `name`: per op name, (count, milliseconds), each
+    /// divided by the number of such spans.
+    fn per_span(&self, name: &str) -> (usize, BTreeMap<String, (f64, f64)>) {
+        let spans: Vec<&Span> = self.spans.iter().filter(|s| s.name == name).collect();
+        let mut out: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+        let n = spans.len().max(1) as f64;
+        for e in self.events.iter().filter(|e| e.top) {
+            if spans
+                .iter()
+                .any(|s| s.t0_ns <= e.t0_ns && e.t0_ns < s.t1_ns)
+            {
+                let row = out.entry(e.name.clone()).or_default();
+                row.0 += 1.0 / n;
+                row.1 += (e.t1_ns - e.t0_ns) as f64 / 1e6 / n;
+            }
+        }
+        (spans.len(), out)
+    }
+
+    /// A table of the ops per `span`: the total, then the `most` names that took longest, with
+    /// their count and milliseconds.
     pub fn table(&self, span: &str, most: usize) -> String {
-        let (n, per) = self.top_ops_per(span);
-        let total: f64 = per.values().sum();
-        let mut rows: Vec<(&String, &f64)> = per.iter().collect();
-        rows.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
-        let mut out = format!("ops per {span} ({n} recorded): {total:.0}\n");
-        for (name, c) in rows.into_iter().take(most) {
-            out.push_str(&format!("  {c:>8.1}  {name}\n"));
+        let (n, per) = self.per_span(span);
+        let total: f64 = per.values().map(|v| v.0).sum();
+        let ms: f64 = per.values().map(|v| v.1).sum();
+        let mut rows: Vec<(&String, &(f64, f64))> = per.iter().collect();
+        rows.sort_by(|a, b| b.1.1.total_cmp(&a.1.1).then(a.0.cmp(b.0)));
+        let mut out = format!("ops per {span} ({n} recorded): {total:.0}, {ms:.1} ms in them\n");
+        for (name, (c, t)) in rows.into_iter().take(most) {
+            out.push_str(&format!("  {c:>8.1}  {t:>8.2} ms  {name}\n"));
         }
         out
     }
