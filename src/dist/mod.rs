@@ -8,7 +8,7 @@
 //! heartbeat counter in the store so that the survivors can name who was lost.
 
 pub mod ddp;
-mod ffi;
+pub(crate) mod ffi;
 pub mod launch;
 
 pub use launch::Launch;

@@ -1,8 +1,8 @@
 // libtorch's multi-tensor (`_foreach_*`) ops, which tch does not generate because they take
 // and return tensor lists: one dispatched op per list instead of one per parameter (on a GPU,
 // a handful of kernel launches instead of hundreds). On CPU each falls back to the per-tensor op,
-// so the numbers are the per-tensor loop's, bit for bit. Every entry returns nullptr, or an
-// error message for `mdlm_foreach_free_error`.
+// so the numbers are the per-tensor loop's, bit for bit. Every entry returns nullptr, or a
+// malloc'd error message (freed by the Rust side with `free`, as the c10d bridge's are).
 #include <ATen/ATen.h>
 
 #include <cstdlib>
@@ -52,8 +52,6 @@ void hand_out(const std::vector<at::Tensor>& v, at::Tensor** out) {
   }
 
 extern "C" {
-
-void mdlm_foreach_free_error(char* e) { std::free(e); }
 
 // torch's `zero_grad(set_to_none=True)`: no op at all, and the next backward writes the gradient
 // instead of adding it to zeros.

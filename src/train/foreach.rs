@@ -9,7 +9,6 @@ use tch::Tensor;
 type Ptr = *const c_void;
 
 unsafe extern "C" {
-    fn mdlm_foreach_free_error(e: *mut c_char);
     fn mdlm_grads_to_none(p: *const Ptr, n: usize) -> *mut c_char;
     fn mdlm_foreach_lerp_(s: *const Ptr, end: *const Ptr, n: usize, w: f64) -> *mut c_char;
     fn mdlm_foreach_mul_scalar_(s: *const Ptr, n: usize, v: f64) -> *mut c_char;
@@ -45,17 +44,9 @@ fn ptrs(ts: &[Tensor]) -> Vec<Ptr> {
     ts.iter().map(|t| t.as_ptr() as Ptr).collect()
 }
 
+/// The bridge's errors are malloc'd C strings, as the c10d bridge's are.
 fn check(e: *mut c_char) -> Result<()> {
-    if e.is_null() {
-        return Ok(());
-    }
-    // SAFETY: a non-null return is a NUL-terminated string malloc'd by the bridge.
-    let msg = unsafe { std::ffi::CStr::from_ptr(e) }
-        .to_string_lossy()
-        .into_owned();
-    // SAFETY: freed once, by the allocator that made it.
-    unsafe { mdlm_foreach_free_error(e) };
-    Err(anyhow!("{msg}"))
+    crate::dist::ffi::check(e).map_err(|msg| anyhow!("{msg}"))
 }
 
 fn same_len(a: &[Tensor], b: &[Tensor]) -> Result<()> {
