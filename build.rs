@@ -24,6 +24,7 @@ fn main() {
         "dist/c10d_bridge.h",
         "profile/record.cpp",
         "train/foreach.cpp",
+        "ffi_error.h",
     ] {
         println!("cargo:rerun-if-changed=src/{f}");
     }

@@ -28,17 +28,7 @@ struct Shape {
 }
 
 fn dit_config(s: &Shape, dropout: f64) -> DitConfig {
-    DitConfig {
-        vocab_size: s.vocab,
-        hidden_size: s.hidden,
-        cond_dim: s.cond,
-        n_blocks: s.blocks,
-        n_heads: s.heads,
-        dropout,
-        mlp_ratio: 4,
-        frequency_embedding_size: 256,
-        rotary_base: 10000.0,
-    }
+    common::dit_config(s.hidden, s.blocks, s.heads, s.cond, s.vocab, dropout)
 }
 
 fn main() {

@@ -16,7 +16,7 @@
 mod common;
 
 use common::sync;
-use mdlm::backbone::{DitConfig, Precision};
+use mdlm::backbone::Precision;
 use mdlm::model::Model;
 use mdlm::profile::Recorder;
 use mdlm::sample::categorical::TorchUniforms;
@@ -243,17 +243,7 @@ fn list(v: &[f64]) -> String {
 
 fn model(s: &Shape, device: Device, precision: Precision, dropout: f64) -> Model {
     tch::manual_seed(0);
-    let cfg = DitConfig {
-        vocab_size: s.vocab,
-        hidden_size: s.hidden,
-        cond_dim: s.cond,
-        n_blocks: s.blocks,
-        n_heads: s.heads,
-        dropout,
-        mlp_ratio: 4,
-        frequency_embedding_size: 256,
-        rotary_base: 10000.0,
-    };
+    let cfg = common::dit_config(s.hidden, s.blocks, s.heads, s.cond, s.vocab, dropout);
     Model::dit(&cfg, precision, device)
 }
 
@@ -387,7 +377,7 @@ fn report_ops(s: &Shape, what: &str, r: &mdlm::profile::Recording, reference: f6
     };
     let per: Vec<f64> = spans
         .iter()
-        .map(|p| r.top_ops_per(p).1.values().sum())
+        .map(|p| r.ops_per(p).1.values().map(|s| s.count).sum())
         .collect();
     let total: f64 = per.iter().sum();
     let split: Vec<String> = spans

@@ -68,3 +68,26 @@ pub fn subs_diffusion(vocab: i64) -> mdlm::diffusion::Diffusion {
         change_of_variables: false,
     }
 }
+
+/// The reference's DiT with MLP ratio 4, 256 frequency features and rotary base 10^4, at the
+/// given widths; `vocab` includes the mask.
+pub fn dit_config(
+    hidden: i64,
+    blocks: i64,
+    heads: i64,
+    cond: i64,
+    vocab: i64,
+    dropout: f64,
+) -> mdlm::backbone::DitConfig {
+    mdlm::backbone::DitConfig {
+        vocab_size: vocab,
+        hidden_size: hidden,
+        cond_dim: cond,
+        n_blocks: blocks,
+        n_heads: heads,
+        dropout,
+        mlp_ratio: 4,
+        frequency_embedding_size: 256,
+        rotary_base: 10000.0,
+    }
+}

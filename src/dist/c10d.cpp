@@ -4,7 +4,7 @@
 // NCCL from libtorch_cuda, see c10d_nccl.cpp).
 //
 // Every entry point returns NULL on success or a malloc'd message (freed by
-// `mdlm_c10d_free_error`): a C++ exception must never unwind into Rust.
+// `mdlm_c10d_free_error`): a C++ exception must never unwind into Rust (see ../ffi_error.h).
 //
 // Gloo's headers are not in the torch wheel; the build takes them from the system (Debian's
 // libgloo-dev, installed by scripts/setup-dist.sh). Only torch's out-of-line functions
@@ -24,25 +24,12 @@
 #include <stdexcept>
 #include <string>
 
+#include "../ffi_error.h"
 #include "c10d_bridge.h"
 
-char* mdlm_c10d_error(const std::string& what) {
-  char* out = static_cast<char*>(std::malloc(what.size() + 1));
-  if (out != nullptr) {
-    std::memcpy(out, what.c_str(), what.size() + 1);
-  }
-  return out;
-}
+char* mdlm_c10d_error(const std::string& what) { return mdlm_error_message(what); }
 
-#define MDLM_GUARD(...)                                       \
-  try {                                                       \
-    __VA_ARGS__;                                              \
-    return nullptr;                                           \
-  } catch (const std::exception& e) {                         \
-    return mdlm_c10d_error(e.what());                         \
-  } catch (...) {                                             \
-    return mdlm_c10d_error("unknown C++ exception in c10d"); \
-  }
+#define MDLM_GUARD(...) MDLM_CATCH_INTO_ERROR("unknown C++ exception in c10d", __VA_ARGS__)
 
 c10::intrusive_ptr<c10d::Backend> mdlm_gloo_backend([[maybe_unused]] const mdlm_pg_args& a) {
 #ifdef MDLM_GLOO

@@ -124,6 +124,13 @@ fn read_event(i: i64) -> Option<Event> {
     })
 }
 
+/// One op name's share of a span.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OpStat {
+    pub count: f64,
+    pub ms: f64,
+}
+
 /// What a recording kept.
 pub struct Recording {
     pub events: Vec<Event>,
@@ -131,37 +138,12 @@ pub struct Recording {
 }
 
 impl Recording {
-    /// Top-level ops by name, over the whole recording.
-    pub fn top_ops(&self) -> BTreeMap<String, usize> {
-        count_by_name(self.events.iter().filter(|e| e.top))
-    }
-
-    /// Top-level ops that started inside the spans named `name`, by op name, divided by how many
-    /// such spans there were (ops per step when each step is a span). Empty when none matched.
-    pub fn top_ops_per(&self, name: &str) -> (usize, BTreeMap<String, f64>) {
+    /// Top-level ops that started inside the spans named `name`, by op name: how many and how
+    /// many milliseconds, each divided by the number of such spans (per step when each step is a
+    /// span). Also returns that number of spans.
+    pub fn ops_per(&self, name: &str) -> (usize, BTreeMap<String, OpStat>) {
         let spans: Vec<&Span> = self.spans.iter().filter(|s| s.name == name).collect();
-        if spans.is_empty() {
-            return (0, BTreeMap::new());
-        }
-        let inside = self.events.iter().filter(|e| {
-            e.top
-                && spans
-                    .iter()
-                    .any(|s| s.t0_ns <= e.t0_ns && e.t0_ns < s.t1_ns)
-        });
-        let n = spans.len() as f64;
-        let per = count_by_name(inside)
-            .into_iter()
-            .map(|(k, v)| (k, v as f64 / n))
-            .collect();
-        (spans.len(), per)
-    }
-
-    /// Top-level ops inside the spans named `name`: per op name, (count, milliseconds), each
-    /// divided by the number of such spans.
-    fn per_span(&self, name: &str) -> (usize, BTreeMap<String, (f64, f64)>) {
-        let spans: Vec<&Span> = self.spans.iter().filter(|s| s.name == name).collect();
-        let mut out: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+        let mut out: BTreeMap<String, OpStat> = BTreeMap::new();
         let n = spans.len().max(1) as f64;
         for e in self.events.iter().filter(|e| e.top) {
             if spans
@@ -169,8 +151,8 @@ impl Recording {
                 .any(|s| s.t0_ns <= e.t0_ns && e.t0_ns < s.t1_ns)
             {
                 let row = out.entry(e.name.clone()).or_default();
-                row.0 += 1.0 / n;
-                row.1 += (e.t1_ns - e.t0_ns) as f64 / 1e6 / n;
+                row.count += 1.0 / n;
+                row.ms += (e.t1_ns - e.t0_ns) as f64 / 1e6 / n;
             }
         }
         (spans.len(), out)
@@ -179,14 +161,14 @@ impl Recording {
     /// A table of the ops per `span`: the total, then the `most` names that took longest, with
     /// their count and milliseconds.
     pub fn table(&self, span: &str, most: usize) -> String {
-        let (n, per) = self.per_span(span);
-        let total: f64 = per.values().map(|v| v.0).sum();
-        let ms: f64 = per.values().map(|v| v.1).sum();
-        let mut rows: Vec<(&String, &(f64, f64))> = per.iter().collect();
-        rows.sort_by(|a, b| b.1.1.total_cmp(&a.1.1).then(a.0.cmp(b.0)));
+        let (n, per) = self.ops_per(span);
+        let total: f64 = per.values().map(|v| v.count).sum();
+        let ms: f64 = per.values().map(|v| v.ms).sum();
+        let mut rows: Vec<(&String, &OpStat)> = per.iter().collect();
+        rows.sort_by(|a, b| b.1.ms.total_cmp(&a.1.ms).then(a.0.cmp(b.0)));
         let mut out = format!("ops per {span} ({n} recorded): {total:.0}, {ms:.1} ms in them\n");
-        for (name, (c, t)) in rows.into_iter().take(most) {
-            out.push_str(&format!("  {c:>8.1}  {t:>8.2} ms  {name}\n"));
+        for (name, OpStat { count, ms }) in rows.into_iter().take(most) {
+            out.push_str(&format!("  {count:>8.1}  {ms:>8.2} ms  {name}\n"));
         }
         out
     }
@@ -222,14 +204,6 @@ impl Recording {
     }
 }
 
-fn count_by_name<'a>(events: impl Iterator<Item = &'a Event>) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for e in events {
-        *out.entry(e.name.clone()).or_insert(0) += 1;
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,11 +222,12 @@ mod tests {
             });
         }
         let r = rec.stop();
-        let (n, per) = r.top_ops_per("step");
+        let (n, per) = r.ops_per("step");
         assert_eq!(n, 2);
-        assert_eq!(per.get("aten::linear"), Some(&1.0), "{per:?}");
-        assert_eq!(per.get("aten::add"), Some(&1.0), "{per:?}");
-        assert_eq!(per.get("aten::sum"), Some(&1.0), "{per:?}");
+        let count = |name: &str| per.get(name).map(|s| s.count);
+        assert_eq!(count("aten::linear"), Some(1.0), "{per:?}");
+        assert_eq!(count("aten::add"), Some(1.0), "{per:?}");
+        assert_eq!(count("aten::sum"), Some(1.0), "{per:?}");
         assert!(!per.contains_key("aten::mm") && !per.contains_key("aten::addmm"));
         // What linear ran inside is kept, as nested events, for the trace.
         assert!(

@@ -1,24 +1,15 @@
 // libtorch's multi-tensor (`_foreach_*`) ops, which tch does not generate because they take
 // and return tensor lists: one dispatched op per list instead of one per parameter (on a GPU,
 // a handful of kernel launches instead of hundreds). On CPU each falls back to the per-tensor op,
-// so the numbers are the per-tensor loop's, bit for bit. Every entry returns nullptr, or a
-// malloc'd error message (freed by the Rust side with `free`, as the c10d bridge's are).
+// so the numbers are the per-tensor loop's, bit for bit. Every entry returns nullptr or an error
+// message, as ../ffi_error.h says.
 #include <ATen/ATen.h>
 
-#include <cstdlib>
-#include <cstring>
-#include <exception>
 #include <vector>
 
-namespace {
+#include "../ffi_error.h"
 
-char* error(const char* what) {
-  char* out = static_cast<char*>(std::malloc(std::strlen(what) + 1));
-  if (out != nullptr) {
-    std::strcpy(out, what);
-  }
-  return out;
-}
+namespace {
 
 std::vector<at::Tensor> list(at::Tensor* const* ts, size_t n) {
   std::vector<at::Tensor> v;
@@ -41,15 +32,7 @@ void hand_out(const std::vector<at::Tensor>& v, at::Tensor** out) {
 
 }  // namespace
 
-#define MDLM_TRY(...)                                   \
-  try {                                                 \
-    __VA_ARGS__;                                        \
-    return nullptr;                                     \
-  } catch (const std::exception& e) {                   \
-    return error(e.what());                             \
-  } catch (...) {                                       \
-    return error("unknown C++ exception in a foreach op"); \
-  }
+#define MDLM_TRY(...) MDLM_CATCH_INTO_ERROR("unknown C++ exception in a foreach op", __VA_ARGS__)
 
 extern "C" {
 

@@ -103,9 +103,12 @@ impl AdamW {
             eps,
             weight_decay,
         } = self.cfg;
-        let live: Vec<usize> = (0..self.params.len())
-            .filter(|&i| self.params[i].1.grad().defined())
-            .collect();
+        let (live, grads): (Vec<usize>, Vec<Tensor>) = self
+            .params
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, p))| Some(p.grad()).filter(Tensor::defined).map(|g| (i, g)))
+            .unzip();
         if live.is_empty() {
             return Ok(());
         }
@@ -115,7 +118,6 @@ impl AdamW {
             .iter()
             .map(|&i| self.params[i].1.shallow_clone())
             .collect();
-        let grads: Vec<Tensor> = live.iter().map(|&i| self.params[i].1.grad()).collect();
         let (exp_avg, exp_avg_sq) = (pick(&self.exp_avg), pick(&self.exp_avg_sq));
         // Python doubles, in torch's order (`** 0.5`, not sqrt, for the same rounding).
         let (mut neg_step_size, mut bias_correction2_sqrt) = (Vec::new(), Vec::new());

@@ -156,7 +156,7 @@ impl Trainer<'_> {
             // is written, so a non-finite loss stops the run before a checkpoint can hold it.
             if self.log.due(self.state.step) || val_due || ckpt_due.is_some() {
                 let intact = last_checkpoint.as_ref().or(plan.resume_from.as_ref());
-                if let Some(loss) = self.log.flush(self.state.step, intact)? {
+                if let Some(loss) = self.log.flush(intact)? {
                     last_loss = loss;
                 }
             }
@@ -373,7 +373,7 @@ impl RunLog {
 
     /// Reads the queued losses and norms in one transfer, stops at the first non-finite loss,
     /// and logs the logging steps among them. Returns the last step's mean loss.
-    fn flush(&mut self, step: u64, intact: Option<&PathBuf>) -> Result<Option<f64>> {
+    fn flush(&mut self, intact: Option<&PathBuf>) -> Result<Option<f64>> {
         let pending = std::mem::take(&mut self.pending);
         if pending.is_empty() {
             return Ok(None);
@@ -417,7 +417,6 @@ impl RunLog {
             last = loss;
         }
         let lr = pending.last().map_or(f64::NAN, |p| p.lr);
-        self.bar.set_position(step);
         self.bar
             .set_message(format!("loss {last:.4} lr {lr:.2e} {tps:.0} tok/s"));
         Ok(Some(last))
