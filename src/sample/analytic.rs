@@ -2,9 +2,14 @@
 //! reference computes them (Lou et al., 2024; reference: `Diffusion._analytic_update`,
 //! `Diffusion._denoiser_update`, `get_score`, `_staggered_score`, `_transp_transition`).
 //!
-//! Unlike the DDPM steps, every position is redrawn (an unmasked token keeps itself only because
-//! its score puts all mass there), and the model output is read as a ratio of marginals (a
-//! "score") rather than as p(x0 | xt).
+//! The model output is read as a ratio of marginals (a "score") rather than as p(x0 | xt). The
+//! reference multiplies the staggered score by a dense `[B, L, V]` transition matrix and draws
+//! every position from the product. That matrix has two kinds of rows: an unmasked token's row
+//! is zero except at the token itself (it can only stay), and a masked row is `1 - e^-dsigma`
+//! everywhere with `1` at the mask. So only masked rows are drawn from a product here, and the
+//! unmasked ones keep their token: the same draws, without building, scattering into and
+//! multiplying by the matrix. [`AnalyticStep::dense`] rebuilds the reference's matrix and
+//! product for inspection.
 
 use super::categorical::{self, Uniforms};
 use super::{Denoiser, StepAt};
@@ -23,10 +28,34 @@ pub struct AnalyticStep {
     pub model_output: Tensor,
     pub score: Tensor,
     pub stag_score: Tensor,
-    pub transition: Tensor,
-    /// Unnormalised categorical weights handed to the draw, `[B, L, V]`.
-    pub probs: Tensor,
+    /// Unnormalised categorical weights of a masked row, computed for every row, `[B, L, V]`; the
+    /// draw is kept at masked positions only.
+    pub masked_probs: Tensor,
     pub x_next: Tensor,
+}
+
+impl AnalyticStep {
+    /// The reference's dense transition matrix and product (`_transp_transition(x, dsigma)` and
+    /// the weights it draws from), rebuilt from the row structure: masked rows are
+    /// `masked_probs`, an unmasked row carries its token's staggered score times `e^-dsigma` and
+    /// zero elsewhere. For inspection (parity tests); samplers never build it.
+    pub fn dense(&self, x: &Tensor, mask_index: i64) -> (Tensor, Tensor) {
+        let vocab = self.stag_score.size()[2];
+        let transition = transition(x, &self.dsigma, vocab, mask_index);
+        let idx = x.unsqueeze(-1);
+        let keep = self
+            .dsigma
+            .reshape([-1, 1, 1])
+            .neg()
+            .exp()
+            .to_kind(Kind::Float);
+        let own = self.stag_score.gather(2, &idx, false) * keep; // [B, L, 1]
+        let unmasked_rows = self.stag_score.zeros_like().scatter(2, &idx, &own);
+        let probs = self
+            .masked_probs
+            .where_self(&x.eq(mask_index).unsqueeze(-1), &unmasked_rows);
+        (transition, probs)
+    }
 }
 
 /// One step from `t` (`[B, 1]`) to `t - dt`.
@@ -72,13 +101,13 @@ fn update(
     // of the reference's, which uses sigma itself.
     let dsigma = &curr_sigma - &next_sigma;
     let (model_output, score) = score(den, diff, x, &curr_sigma);
-    let stag_score = staggered(&score, &dsigma, diff.mask_index);
-    let transition = transition(x, &dsigma, diff.vocab_size, diff.mask_index);
-    let mut probs = &stag_score * &transition;
-    if final_step {
-        probs = set_column(&probs, diff.mask_index, 0.0);
-    }
-    let x_next = categorical::sample(&probs, u);
+    let m = diff.mask_index;
+    let stag_score = staggered(&score, &dsigma, m);
+    let masked_probs = masked_row_probs(&stag_score, &dsigma, m, final_step);
+    // Every row is drawn, as the reference draws them, so the uniforms are consumed alike; an
+    // unmasked row's only non-zero weight is its own token, which the draw would return.
+    let drawn = categorical::sample(&masked_probs, u);
+    let x_next = drawn.where_self(&x.eq(m), x);
     AnalyticStep {
         curr_sigma,
         next_sigma,
@@ -86,10 +115,25 @@ fn update(
         model_output,
         score,
         stag_score,
-        transition,
-        probs,
+        masked_probs,
         x_next,
     }
+}
+
+/// A masked row of the reference's product: the staggered score times `1 - e^-d`, and at the
+/// mask its score times `e^-d + (1 - e^-d)` (summed in float32 as the reference's matrix sums it,
+/// so the weights are bit-identical); zero there on the final step.
+fn masked_row_probs(stag_score: &Tensor, d: &Tensor, mask_index: i64, final_step: bool) -> Tensor {
+    let keep = d.reshape([-1, 1]).neg().exp(); // [B, 1]
+    let leave = (keep.neg() + 1.0).to_kind(Kind::Float);
+    let probs = stag_score * leave.unsqueeze(-1);
+    let col = column(mask_index, stag_score);
+    if final_step {
+        return probs.index_fill(2, &col, 0.0);
+    }
+    let stay = keep.to_kind(Kind::Float) + &leave; // [B, 1]
+    let at_mask = stag_score.narrow(2, mask_index, 1) * stay.unsqueeze(-1); // [B, L, 1]
+    probs.index_copy(2, &col, &at_mask)
 }
 
 /// `get_score`: (model output, score), both `[B, L, V]`. `sigma` is `[B, 1]` or `[B]`; the
@@ -134,7 +178,7 @@ pub fn staggered(score: &Tensor, d: &Tensor, mask_index: i64) -> Tensor {
     scaled.index_copy(2, &column(mask_index, score), &col)
 }
 
-/// `_transp_transition(x, s)`: `e^-s` on the entry of the current token, plus `1 - e^-s` on every
+/// `_transp_transition(x, s)` (see [`AnalyticStep::dense`]): `e^-s` on the entry of the current token, plus `1 - e^-s` on every
 /// entry of rows where x is the mask. `s` is `[B, 1]` or `[B]`.
 pub fn transition(x: &Tensor, s: &Tensor, vocab_size: i64, mask_index: i64) -> Tensor {
     let (b, l) = x.size2().expect("[B, L]");
@@ -228,6 +272,44 @@ mod tests {
             let done = denoise(&den, &diff, &x, &t, &mut u).x_next;
             assert_eq!(i64::try_from(done.eq(m).sum(Kind::Int64)).unwrap(), 0);
             assert!(done.masked_select(&kept).equal(&x.masked_select(&kept)));
+        }
+    }
+
+    /// The structured draw is the reference's dense draw: same uniforms, same tokens, at every
+    /// position, masked or not, for a step and for the final denoiser step.
+    #[test]
+    fn structured_draw_equals_the_dense_product_draw() {
+        use crate::sample::categorical::ReplayUniforms;
+        tch::manual_seed(1);
+        let (v, m) = (9, 8);
+        let den = Uniform {
+            v,
+            m,
+            calls: Cell::new(0),
+        };
+        let diff = diffusion(v, m);
+        let x = Tensor::from_slice(&[m, 0, m, 7, 3, m, m, 2]).view([2, 4]);
+        let t = Tensor::from_slice(&[0.7f32, 0.3]).view([2, 1]);
+        for final_step in [false, true] {
+            for _ in 0..10 {
+                let u = Tensor::rand([2, 4, v], (Kind::Double, tch::Device::Cpu));
+                let mut replay = ReplayUniforms::new(vec![u.copy()]);
+                let s = if final_step {
+                    denoise(&den, &diff, &x, &t, &mut replay)
+                } else {
+                    let at = StepAt {
+                        den: &den,
+                        diff: &diff,
+                        x: &x,
+                        t: &t,
+                        dt: 0.2,
+                    };
+                    step(at, &mut replay)
+                };
+                let (_, dense) = s.dense(&x, m);
+                let dense_draw = categorical::sample(&dense, &mut ReplayUniforms::new(vec![u]));
+                assert!(s.x_next.equal(&dense_draw));
+            }
         }
     }
 }

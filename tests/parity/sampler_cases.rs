@@ -35,6 +35,7 @@ pub fn sampler_step(case: &Case) -> Result<()> {
             },
             &mut u,
         );
+        let (transition, probs) = s.dense(&x, m.diffusion.mask_index);
         BTreeMap::from([
             ("curr_sigma", s.curr_sigma),
             ("next_sigma", s.next_sigma),
@@ -42,19 +43,20 @@ pub fn sampler_step(case: &Case) -> Result<()> {
             ("model_output", s.model_output),
             ("score", s.score),
             ("stag_score", s.stag_score),
-            ("transition", s.transition),
-            ("probs", s.probs),
+            ("transition", transition),
+            ("probs", probs),
             ("x_next", s.x_next),
         ])
     } else {
         let s = analytic::denoise(&den, &m.diffusion, &x, &t, &mut u);
+        let (transition, probs) = s.dense(&x, m.diffusion.mask_index);
         BTreeMap::from([
             ("sigma", s.curr_sigma),
             ("model_output", s.model_output),
             ("score", s.score),
             ("stag_score", s.stag_score),
-            ("transition", s.transition),
-            ("probs", s.probs),
+            ("transition", transition),
+            ("probs", probs),
             ("x_next", s.x_next),
         ])
     };
