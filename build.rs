@@ -24,6 +24,7 @@ fn main() {
         "dist/c10d_bridge.h",
         "profile/record.cpp",
         "train/foreach.cpp",
+        "backbone/scan.cpp",
         "ffi_error.h",
     ] {
         println!("cargo:rerun-if-changed=src/{f}");
@@ -81,6 +82,7 @@ fn compile_bridge(root: &Path, cuda_linked: bool) {
         .clone()
         .file("src/profile/record.cpp")
         .file("src/train/foreach.cpp")
+        .file("src/backbone/scan.cpp")
         .compile("mdlm_aten");
     let mut gloo_build = build.clone();
     gloo_build.file("src/dist/c10d.cpp").compile("mdlm_c10d");

@@ -1,7 +1,9 @@
 //! Speed of the DiMamba path, in one run so ratios are comparable:
-//! 1. the selective scan, forward + backward, chunked (log-space, several chunk sizes) vs the
-//!    sequential oracle, at L = 128 / 512 / 1024;
-//! 2. one training step (subs loss, forward + backward) of DiMamba vs the DiT at equal width.
+//! 1. the selective scan, forward + backward, chunked (several chunk sizes; on CPU the loop
+//!    kernel, plus the closed form a GPU runs at chunk 64) vs the sequential oracle, at
+//!    L = 128 / 512 / 1024, and what each form keeps for the backward pass;
+//! 2. one training step (subs loss, forward + backward) of DiMamba vs the DiT at equal width, and
+//!    their ratio.
 //!
 //! `cargo bench --bench dimamba` (set `MDLM_BENCH_DEVICE=cuda` on a GPU box; `MDLM_BENCH_QUICK=1`
 //! for a smoke run).
@@ -9,7 +11,7 @@
 mod common;
 
 use common::sync;
-use mdlm::backbone::scan::{ScanMode, selective_scan};
+use mdlm::backbone::scan::{ScanMode, chunked_closed_form, selective_scan, spans};
 use mdlm::backbone::{Backbone, Dimamba, DimambaConfig, Dit, DitConfig};
 use mdlm::diffusion::Draws;
 use std::time::Instant;
@@ -59,15 +61,25 @@ fn scan_inputs(bs: i64, len: i64, d: i64, n: i64, device: Device) -> ScanInputs 
     }
 }
 
-fn scan_step(x: &ScanInputs, mode: ScanMode) {
+fn scan_step(x: &ScanInputs, scan: impl Fn(&ScanInputs) -> Tensor) {
     for t in [&x.u, &x.delta, &x.a, &x.b, &x.c] {
         let mut g = t.grad();
         if g.defined() {
             let _ = g.zero_();
         }
     }
-    let y = selective_scan(&x.u, &x.delta, &x.a, &x.b, &x.c, mode);
-    y.sum(Kind::Float).backward();
+    scan(x).sum(Kind::Float).backward();
+}
+
+/// What the chunked scan keeps for its backward pass besides its inputs, in KiB: one `[B, D, N]`
+/// float32 state per span after the first; and what plain autograd over the closed form's ops
+/// kept (its five `[B, L, D, N]` products: exp(-S), x, exp(S), the cumulative sum, the states).
+fn saved_kib(x: &ScanInputs, chunk: i64) -> (f64, f64) {
+    let (bs, len, d) = x.u.size3().unwrap();
+    let n = x.a.size()[1];
+    let states = (spans(&x.delta, &x.a, chunk).len() as i64 - 1) * bs * d * n;
+    let autograd = 5 * bs * len * d * n;
+    (states as f64 * 4.0 / 1024.0, autograd as f64 * 4.0 / 1024.0)
 }
 
 fn main() {
@@ -88,8 +100,15 @@ fn main() {
         "\nselective scan, forward + backward, B={bs} D={d} N={n} (ms per call, best of {iters})"
     );
     println!(
-        "{:>6} | {:>10} | {:>10} | {:>10} | {:>10} | {:>8}",
-        "L", "sequential", "chunk 16", "chunk 64", "chunk 256", "seq/c64"
+        "{:>6} | {:>10} | {:>10} | {:>10} | {:>10} | {:>13} | {:>8} | {:>22}",
+        "L",
+        "sequential",
+        "chunk 16",
+        "chunk 64",
+        "chunk 256",
+        "closed c64",
+        "seq/c64",
+        "saved KiB c64 (was)"
     );
     let lens: &[i64] = if quick { &[128] } else { &[128, 512, 1024] };
     for &len in lens {
@@ -102,15 +121,27 @@ fn main() {
             ScanMode::Chunked(64),
             ScanMode::Chunked(256),
         ] {
-            row.push(best_ms(device, warmup, iters, || scan_step(&x, mode)));
+            row.push(best_ms(device, warmup, iters, || {
+                scan_step(&x, |x| {
+                    selective_scan(&x.u, &x.delta, &x.a, &x.b, &x.c, mode)
+                })
+            }));
         }
+        row.push(best_ms(device, warmup, iters, || {
+            scan_step(&x, |x| {
+                chunked_closed_form(&x.u, &x.delta, &x.a, &x.b, &x.c, 64)
+            })
+        }));
+        let (saved, was) = saved_kib(&x, 64);
         println!(
-            "{len:>6} | {:>10.1} | {:>10.1} | {:>10.1} | {:>10.1} | {:>7.1}x",
+            "{len:>6} | {:>10.1} | {:>10.1} | {:>10.1} | {:>10.1} | {:>13.1} | {:>7.1}x | {:>22}",
             row[0],
             row[1],
             row[2],
             row[3],
-            row[0] / row[2]
+            row[4],
+            row[0] / row[2],
+            format!("{saved:.0} ({was:.0})")
         );
     }
 
@@ -121,8 +152,8 @@ fn main() {
         "\ntraining step (subs loss, forward + backward), hidden {hidden}, {blocks} blocks, vocab {vocab}, B={batch} (ms per step, best of {iters})"
     );
     println!(
-        "{:>6} | {:>10} | {:>10} | {:>16} | {:>8}",
-        "L", "DiT", "DiMamba", "DiMamba seq scan", "ratio"
+        "{:>6} | {:>10} | {:>10} | {:>16} | {:>15}",
+        "L", "DiT", "DiMamba", "DiMamba seq scan", "DiMamba / DiT"
     );
     let diff = common::subs_diffusion(vocab);
     let step_lens: &[i64] = if quick { &[128] } else { &[128, 512, 1024] };
@@ -181,7 +212,7 @@ fn main() {
             );
         }
         println!(
-            "{len:>6} | {t_dit:>10.1} | {t_mamba:>10.1} | {t_seq:>16.1} | {:>7.2}x",
+            "{len:>6} | {t_dit:>10.1} | {t_mamba:>10.1} | {t_seq:>16.1} | {:>14.2}x",
             t_mamba / t_dit
         );
     }

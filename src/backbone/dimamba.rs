@@ -294,29 +294,38 @@ impl Mamba {
         }
     }
 
-    /// `a [B, L, H]` → `[B, L, H]` in `kind`. Projections and the convolution run in `kind` (the
-    /// reference's bf16 autocast); the scan, the skip and the gate in float32, as its kernel does.
+    /// The depthwise causal convolution of `x [B, L, Di]` over tokens, `out_t = bias + sum_k
+    /// w[k] x_{t-K+1+k}` (zeros before the first token), as `conv1d` with `K - 1` padding keeps
+    /// its first L outputs; summed in float32 and returned in `kind`, as the reference's kernel
+    /// does. K shifted multiply-adds: libtorch's CPU depthwise `conv1d` and its backward cost
+    /// more than the selective scan of the same layer.
+    fn causal_conv(&self, x: &Tensor, kind: Kind) -> Tensor {
+        let (k, len) = (self.d_conv, x.size()[1]);
+        // Weights rounded to `kind` first, as the reference's autocast hands them to its kernel.
+        let w = self
+            .conv_weight
+            .to_kind(kind)
+            .to_kind(Kind::Float)
+            .squeeze_dim(1); // [Di, K]
+        let bias = self.conv_bias.to_kind(kind).to_kind(Kind::Float);
+        let padded = x.to_kind(Kind::Float).constant_pad_nd([0, 0, k - 1, 0]); // [B, L + K - 1, Di]
+        let mut out = padded.narrow(1, 0, len) * w.select(1, 0) + bias;
+        for j in 1..k {
+            out = out.addcmul(&padded.narrow(1, j, len), &w.select(1, j));
+        }
+        out.to_kind(kind)
+    }
+
+    /// `a [B, L, H]` → `[B, L, H]` in `kind`. Projections run in `kind` (the reference's bf16
+    /// autocast), the convolution on `kind` values with a float32 sum; the scan, the skip and the
+    /// gate in float32, as its kernels do.
     fn forward(&self, a: &Tensor, kind: Kind, scan: ScanMode) -> Tensor {
         let (di, n, r) = (self.d_inner, self.d_state, self.dt_rank);
-        let len = a.size()[1];
         let xz = self.in_proj.forward(a, kind); // [B, L, 2 Di]: x then z
         let x = xz.narrow(2, 0, di);
         let z = xz.narrow(2, di, di);
 
-        // Depthwise causal convolution: pad d_conv - 1 on both sides, keep the first L outputs.
-        let x = x
-            .transpose(1, 2) // [B, Di, L]
-            .conv1d(
-                &self.conv_weight.to_kind(kind),
-                Some(&self.conv_bias.to_kind(kind)),
-                [1],
-                [self.d_conv - 1],
-                [1],
-                di,
-            )
-            .narrow(2, 0, len)
-            .transpose(1, 2) // [B, L, Di]
-            .silu();
+        let x = self.causal_conv(&x, kind).silu(); // [B, L, Di]
 
         let x_dbl = self.x_proj.forward(&x, kind); // [B, L, R + 2N]: dt, B, C
         let dt = x_dbl.narrow(2, 0, r);

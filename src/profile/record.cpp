@@ -99,6 +99,10 @@ int64_t mdlm_prof_stop() {
 
 int64_t mdlm_prof_now_ns() { return now_ns(); }
 
+// Keeps this thread's ops out of every recording (a batch-preparing thread's copies are not
+// part of the step being profiled). RecordFunction's switch is thread-local.
+void mdlm_prof_ignore_this_thread() { at::enableRecordFunction(false); }
+
 // Event `i` of the last recording: its name (valid until the next start), thread, times, and
 // whether it is a top-level aten op. Returns 0, or 1 when `i` is out of range.
 int mdlm_prof_event(int64_t i, const char** name, uint32_t* thread, int64_t* t0_ns, int64_t* t1_ns,
