@@ -1,7 +1,10 @@
 //! The profiler's hook is global to the process, so its tests live in their own test binary:
 //! in the library's unit tests, ops of tests running beside it would be recorded too.
 
+mod support;
+
 use mdlm::profile::{self, Recorder};
+use support::*;
 use tch::{Kind, Tensor};
 
 /// `linear` dispatches addmm/matmul inside itself: one top-level op, whatever it calls.
@@ -67,4 +70,50 @@ fn nested_aten_ops_count_once_and_spans_split_steps() {
             .all(|e| e["ph"] == "X" && e["dur"].as_f64().unwrap() >= 0.0)
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Three steps recorded after two of warm-up: the trace's step track and the printed table agree.
+fn assert_profiled(dir: &std::path::Path, err: &str, op: &str) {
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("trace.json")).unwrap()).unwrap();
+    let evs = doc["traceEvents"].as_array().unwrap();
+    let steps = evs.iter().filter(|e| e["cat"] == "step").count();
+    assert_eq!(steps, 3, "recorded steps in the trace");
+    assert!(
+        evs.iter().any(|e| e["cat"] == "op" && e["name"] == op),
+        "{op} not in the trace"
+    );
+    assert!(err.contains("ops per step (3 recorded)"), "{err}");
+    assert!(err.contains(op), "{err}");
+}
+
+#[test]
+fn trainer_profile_records_training_and_sampler_steps() {
+    let tmp = TempDir::new("profile");
+    shakespeare_cache(tmp.path());
+    let run = tmp.path().join("run");
+    let mut train_args = args(&["train"], tiny_overrides(&run));
+    train_args.extend(["trainer.max_steps=6", "trainer.profile=true"].map(String::from));
+    let out = mdlm(tmp.path(), &train_args);
+    assert!(out.status.success(), "train failed:\n{}", stderr(&out));
+    assert_profiled(&run, &stderr(&out), "aten::linear");
+
+    let sample_dir = tmp.path().join("samples");
+    let mut s_args = args(&["sample-eval"], tiny_overrides(&sample_dir));
+    s_args.extend([
+        format!(
+            "eval.checkpoint_path={}",
+            run.join("checkpoints/last.safetensors").display()
+        ),
+        "sampling.steps=8".into(),
+        "sampling.num_sample_batches=1".into(),
+        "trainer.profile=true".into(),
+    ]);
+    let out = mdlm(tmp.path(), &s_args);
+    assert!(
+        out.status.success(),
+        "sample-eval failed:\n{}",
+        stderr(&out)
+    );
+    assert_profiled(&sample_dir, &stderr(&out), "aten::linear");
 }

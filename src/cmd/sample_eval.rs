@@ -6,6 +6,7 @@ use crate::config::{self, Config};
 use crate::data::Tokenizer;
 use crate::diffusion::Diffusion;
 use crate::model::{Model, Net};
+use crate::profile::StepProfile;
 use crate::sample::ar::{ArSampleSpec, ArSampler, TorchGumbel, sample_ar};
 use crate::sample::categorical::TorchUniforms;
 use crate::sample::semi_ar::{SemiArSpec, sample_semi_ar};
@@ -52,6 +53,8 @@ struct Plan {
     kind: Kind,
     held: Option<Held>,
     device: Device,
+    /// `trainer.profile`: where the sampler steps' Chrome trace goes.
+    profile: Option<PathBuf>,
 }
 
 pub fn run(cfg: Config) -> Result<SampleReport> {
@@ -67,7 +70,8 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
         diffusion,
         source,
     } = setup::eval_model(&cfg, tokenizer.as_ref(), device)?;
-    let plan = Plan::new(&cfg, tokenizer.as_ref(), device)?;
+    let mut plan = Plan::new(&cfg, tokenizer.as_ref(), device)?;
+    plan.profile = cfg.trainer.profile.then(|| run_dir.join("trace.json"));
     // Fetched before sampling: a failed download must cost no samples.
     let evaluator = if cfg.eval.compute_generative_perplexity {
         Some(crate::eval::gen_ppl::fetch_evaluator(
@@ -130,6 +134,7 @@ impl Plan {
             },
             held: held_tokens(cfg, tokenizer, batch, length, device)?,
             device,
+            profile: None,
         })
     }
 }
@@ -252,6 +257,7 @@ impl DiffusionDraws<'_> {
             .set_length(plan.n_batches as u64 * sample::observed_steps(&spec));
         let mut uniforms = TorchUniforms { kind: plan.kind };
         let mut batches = Vec::new();
+        let mut profile = plan.profile.clone().map(StepProfile::new);
         for _ in 0..plan.n_batches {
             let (start, calls) = (Instant::now(), den.calls());
             let out = sample::sample(
@@ -261,9 +267,17 @@ impl DiffusionDraws<'_> {
                 plan.device,
                 &mut uniforms,
                 false,
-                &mut || self.bar.inc(1),
+                &mut || {
+                    self.bar.inc(1);
+                    if let Some(p) = profile.as_mut() {
+                        p.tick();
+                    }
+                },
             )?;
             batches.push(finish(out.tokens, den.calls() - calls, start, None));
+        }
+        if let Some(p) = profile {
+            p.finish()?;
         }
         Ok(Sampled {
             batches,

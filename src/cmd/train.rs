@@ -342,6 +342,7 @@ pub fn plan(
         progress: true,
         bucket_mb: cfg.trainer.bucket_cap_mb,
         crop: None,
+        profile: cfg.trainer.profile.then(|| run_dir.join("trace.json")),
     })
 }
 

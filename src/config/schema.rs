@@ -325,6 +325,10 @@ pub struct Trainer {
     /// Ours: gradient bucket size (MB) for the data-parallel all-reduce (DDP's bucket_cap_mb).
     #[serde(default = "default_bucket_cap_mb")]
     pub bucket_cap_mb: f64,
+    /// Ours: record a few steps after warm-up (training steps for `train`, sampler steps for
+    /// `sample-eval`) into `<run dir>/trace.json` and print the ops per step.
+    #[serde(default)]
+    pub profile: bool,
 }
 
 fn default_dist_timeout_s() -> f64 {

@@ -7,6 +7,10 @@
 //! One recording at a time per process: the hook is global, so it sees every thread's ops; a
 //! helper thread whose work is not part of the steps calls [`ignore_this_thread`].
 
+mod steps;
+
+pub use steps::StepProfile;
+
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use std::collections::BTreeMap;

@@ -17,6 +17,7 @@ use crate::dist::ProcessGroup;
 use crate::dist::ddp::{self, GradReducer};
 use crate::eval::metrics::NllMeter;
 use crate::model::Model;
+use crate::profile::StepProfile;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use std::io::Write;
@@ -52,6 +53,8 @@ pub struct TrainPlan {
     /// text8-crop: training blocks twice this length are cut to a random window of it whose first
     /// token becomes this BOS id (`(model.length, bos)`; the reference's `_maybe_sub_sample`).
     pub crop: Option<(i64, i64)>,
+    /// `trainer.profile`: where a few recorded steps' Chrome trace goes.
+    pub profile: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -138,12 +141,15 @@ impl Trainer<'_> {
         };
         let mut last_val = None;
         let mut last_loss = f64::NAN;
+        let mut profile = plan.profile.clone().map(StepProfile::new);
         while self.state.step < end {
             let lr = plan.schedule.lr_at(self.state.step);
             let batches_before = self.state.batches;
             let step = self.state.step;
-            let loss = self.training_step(lr)?;
-            let grad_norm = self.optimizer_step()?;
+            let (loss, grad_norm) = match profile.as_mut() {
+                Some(p) => p.step(|| self.train_step(lr))??,
+                None => self.train_step(lr)?,
+            };
             self.log.queue(Pending {
                 step,
                 lr,
@@ -167,6 +173,9 @@ impl Trainer<'_> {
                 last_checkpoint = Some(self.checkpoint_callback(periodic)?);
             }
         }
+        if let Some(p) = profile {
+            p.finish()?;
+        }
         let tokens_per_s = self.log.finish();
         // The EMA model reflects the final weights for whoever samples next.
         self.ema_model.assign(self.state.ema.shadow())?;
@@ -178,6 +187,13 @@ impl Trainer<'_> {
             tokens_per_s,
             last_loss,
         })
+    }
+
+    /// One optimizer step: the loss summed over its micro-batches and the gradient norm (when
+    /// clipping), both left on the device.
+    fn train_step(&mut self, lr: f64) -> Result<(Tensor, Option<Tensor>)> {
+        let loss = self.training_step(lr)?;
+        Ok((loss, self.optimizer_step()?))
     }
 
     /// `training_step` over the step's micro-batches, then the one collective of the step:
