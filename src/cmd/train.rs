@@ -5,7 +5,7 @@
 use super::setup::{self, Run};
 use crate::config::{Config, CountOrFraction, LrSchedulerKind};
 use crate::data::prepare::prepare_one;
-use crate::data::{Loader, Split, StreamLoader, TokenBlocks, Tokenizer, TrainBatches};
+use crate::data::{Loader, Prefetch, Split, StreamLoader, TokenBlocks, Tokenizer, TrainBatches};
 use crate::dist::{self, Backend, Launch, ProcessGroup};
 use crate::train::lr::{CosineDecayWarmup, LrSchedule};
 use crate::train::optim::AdamWConfig;
@@ -229,11 +229,9 @@ impl TrainData {
     ) -> Result<TrainData> {
         if !cfg.data.streaming {
             let data = setup::prepare_data(cfg)?;
-            let loader = Loader::train(data.train.clone(), batch, cfg.seed)?
-                .shard(rank, world)?
-                .with_device(device);
+            let loader = Loader::train(data.train.clone(), batch, cfg.seed)?.shard(rank, world)?;
             return Ok(TrainData {
-                train_loader: Box::new(loader),
+                train_loader: Box::new(Prefetch::new(Box::new(loader), device)),
                 train_blocks: Some(data.train.len()),
                 train_block_size: data.train.block_size(),
                 valid: data.valid,
@@ -242,16 +240,15 @@ impl TrainData {
         }
         let spec = setup::data_spec(cfg)?;
         let (valid, _, tokenizer) = prepare_one(&spec, &cfg.data.valid, Split::Validation)?;
-        let stream = StreamLoader::train(&spec, &cfg.data.train, batch, cfg.seed)?
-            .shard(rank, world)?
-            .with_device(device);
+        let stream =
+            StreamLoader::train(&spec, &cfg.data.train, batch, cfg.seed)?.shard(rank, world)?;
         eprintln!(
             "streaming {}: documents are tokenised while training (no prepared file)",
             cfg.data.train
         );
         Ok(TrainData {
             train_block_size: stream.block_size(),
-            train_loader: Box::new(stream),
+            train_loader: Box::new(Prefetch::new(Box::new(stream), device)),
             train_blocks: None,
             valid: Arc::new(valid),
             tokenizer,
