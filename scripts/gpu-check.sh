@@ -30,7 +30,7 @@ set -x
   trainer.max_steps=400 trainer.val_check_interval=200 callbacks.checkpoint_every_n_steps.every_n_train_steps=200 \
   optim.lr=1e-3 hydra.run.dir="$OUTDIR/preset" 2>&1 | grep -v '^[│├└]' | tail -6
 { set +x; } 2>/dev/null; peak; set -x
-for pred in ddpm ddpm_cache; do
+for pred in ddpm ddpm_cache first_hitting analytic; do
   "$BIN" sample-eval experiment=shakespeare trainer.accelerator=cuda sampling.predictor=$pred sampling.steps=1000 \
     loader.eval_global_batch_size=16 eval.checkpoint_path="$OUTDIR/preset/checkpoints/last.safetensors" \
     hydra.run.dir="$OUTDIR/sample-$pred" 2>&1 | tail -1
@@ -48,6 +48,13 @@ done
 RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29517 \
   "$BIN" train experiment=shakespeare trainer.accelerator=cuda trainer.max_steps=50 trainer.val_check_interval=50 \
   trainer.dist_timeout_s=120 hydra.run.dir="$OUTDIR/nccl" 2>&1 | grep -v '^[│├└]' | tail -4
+# DiMamba on CUDA: the closed-form scan and its recomputing backward (scan.cpp), bf16.
+"$BIN" train experiment=shakespeare backbone=dimamba model=tiny-dimamba model.n_blocks=4 trainer.accelerator=cuda \
+  trainer.precision=bf16 trainer.max_steps=30 trainer.val_check_interval=30 trainer.limit_val_batches=2 \
+  hydra.run.dir="$OUTDIR/dimamba" 2>&1 | grep -v '^[│├└]' | tail -3
+# The profiler on CUDA: ops per bf16 training step of the preset, trace.json in the run directory.
+"$BIN" train experiment=shakespeare trainer.accelerator=cuda trainer.precision=bf16 trainer.max_steps=6 \
+  trainer.profile=true hydra.run.dir="$OUTDIR/profile" 2>&1 | grep -A14 '^ops per step'
 { set +x; } 2>/dev/null
 [ -x "$BENCH" ] && MDLM_BENCH_DEVICE=cuda "$BENCH"
 peak
