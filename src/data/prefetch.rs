@@ -10,7 +10,7 @@ use super::loader::{Batch, LoaderState, TrainBatches};
 use anyhow::{Result, anyhow};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
-use tch::{Device, Kind};
+use tch::Device;
 
 /// Batches ready ahead of the step that takes them: one in hand plus one being assembled.
 const AHEAD: usize = 2;
@@ -51,10 +51,10 @@ impl Prefetch {
                 .take()
                 .ok_or_else(|| anyhow!("the batch thread ended earlier"))?;
             let (tx, rx) = sync_channel(AHEAD);
-            let pin = self.device.is_cuda();
+            let device = self.device;
             let handle = std::thread::Builder::new()
                 .name("mdlm-batches".into())
-                .spawn(move || produce(inner, tx, pin))?;
+                .spawn(move || produce(inner, tx, device))?;
             self.running = Some(Running { rx, handle });
         }
         Ok(self.running.as_ref().expect("started above"))
@@ -77,18 +77,23 @@ impl Prefetch {
 }
 
 /// The thread: batches until the receiver goes away or the loader fails (the error is the last
-/// thing sent). Its ops stay out of profiles: they are not part of the step.
-fn produce(mut inner: Inner, tx: SyncSender<Result<(Batch, LoaderState)>>, pin: bool) -> Inner {
+/// thing sent), pinned for `device` when it is a GPU (this rank's own: pinning for another would
+/// open a context there). Its ops stay out of profiles: they are not part of the step.
+fn produce(
+    mut inner: Inner,
+    tx: SyncSender<Result<(Batch, LoaderState)>>,
+    device: Device,
+) -> Inner {
     crate::profile::ignore_this_thread();
+    let pin = |t: tch::Tensor| match device {
+        Device::Cpu => t,
+        _ => t.pin_memory(device),
+    };
     loop {
         let item = inner.next_train_batch().map(|b| {
-            let b = if pin {
-                Batch {
-                    x: b.x.pin_memory(Device::Cuda(0)),
-                    attention_mask: b.attention_mask.pin_memory(Device::Cuda(0)),
-                }
-            } else {
-                b
+            let b = Batch {
+                x: pin(b.x),
+                attention_mask: pin(b.attention_mask),
             };
             (b, inner.state())
         });
@@ -116,14 +121,14 @@ impl TrainBatches for Prefetch {
         };
         self.state = state;
         let device = self.device;
-        let on = |t: tch::Tensor, kind: Kind| match device {
+        let on = |t: tch::Tensor| match device {
             Device::Cpu => t,
-            // Pinned above, so the copy returns at once and runs beside the step.
-            _ => t.to_device_(device, kind, true, false),
+            // Pinned on the thread, so the copy returns at once and runs beside the step.
+            _ => t.to_device_(device, t.kind(), true, false),
         };
         Ok(Batch {
-            x: on(batch.x, Kind::Int64),
-            attention_mask: on(batch.attention_mask, Kind::Float),
+            x: on(batch.x),
+            attention_mask: on(batch.attention_mask),
         })
     }
 
@@ -143,7 +148,7 @@ impl TrainBatches for Prefetch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Tensor;
+    use tch::{Kind, Tensor};
 
     /// Batch n holds n; fails at `fail_at`.
     struct Counting {

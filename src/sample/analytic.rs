@@ -275,8 +275,9 @@ mod tests {
         }
     }
 
-    /// The structured draw is the reference's dense draw: same uniforms, same tokens, at every
-    /// position, masked or not, for a step and for the final denoiser step.
+    /// The structured draw is the reference's dense draw: the weights `dense` rebuilds are the
+    /// reference's product (staggered score times `_transp_transition`, mask column zeroed on the
+    /// final step), and the same uniforms give the same tokens at every position, masked or not.
     #[test]
     fn structured_draw_equals_the_dense_product_draw() {
         use crate::sample::categorical::ReplayUniforms;
@@ -307,7 +308,12 @@ mod tests {
                     step(at, &mut replay)
                 };
                 let (_, dense) = s.dense(&x, m);
-                let dense_draw = categorical::sample(&dense, &mut ReplayUniforms::new(vec![u]));
+                let mut reference = &s.stag_score * transition(&x, &s.dsigma, v, m);
+                if final_step {
+                    reference = set_column(&reference, m, 0.0);
+                }
+                assert!(dense.equal(&reference));
+                let dense_draw = categorical::sample(&reference, &mut ReplayUniforms::new(vec![u]));
                 assert!(s.x_next.equal(&dense_draw));
             }
         }
