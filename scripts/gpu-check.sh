@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Short CUDA check with a prebuilt release binary (see scripts/gpu-pack.sh): bf16 training of the
 # preset and of a `small`-shaped model, sampling with ddpm and ddpm_cache, and the benches. Prints
-# the device, tokens/s and peak GPU memory. Uses the libtorch of python3's torch when there is one.
+# the device, tokens/s, MFU and peak GPU memory. Uses the libtorch of python3's torch when there is one.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN="${MDLM_BIN:-.gpu/mdlm}"
@@ -39,9 +39,27 @@ done
   eval.checkpoint_path="$OUTDIR/preset/checkpoints/last.safetensors" hydra.run.dir="$OUTDIR/sample-show" 2>&1 | tail -6
 # The reference's `small` DiT (768 hidden, 12 blocks) on 1024-character blocks, bf16.
 "$BIN" train experiment=shakespeare model=small model.length=1024 trainer.accelerator=cuda trainer.precision=bf16 \
-  loader.global_batch_size=32 trainer.max_steps=60 trainer.val_check_interval=60 trainer.limit_val_batches=4 \
-  callbacks.checkpoint_every_n_steps.every_n_train_steps=1000 hydra.run.dir="$OUTDIR/small" 2>&1 | grep -v '^[│├└]' | tail -4
-{ set +x; } 2>/dev/null; peak; set -x
+  loader.global_batch_size=32 trainer.max_steps=200 trainer.val_check_interval=200 trainer.limit_val_batches=4 \
+  callbacks.checkpoint_every_n_steps.every_n_train_steps=1000 hydra.run.dir="$OUTDIR/small" 2>&1 | grep -v '^[│├└]' \
+  | tee "$OUTDIR/small.log" | tail -4
+{ set +x; } 2>/dev/null; peak
+# MFU: the run's model TFLOP/s (6 per multiplying weight + attention, per token; start-up and the
+# validation pass included, so a lower bound) over the device's dense bf16 peak.
+gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
+case "$gpu" in
+  *H100*|*H200*|*GH200*) peak_tflops=989.4 ;;
+  *A100*) peak_tflops=312 ;;
+  *L40S*) peak_tflops=362 ;;
+  *) peak_tflops="" ;;
+esac
+tflops="$(sed -n 's/.*(\([0-9.]*\) model TFLOP\/s.*/\1/p' "$OUTDIR/small.log" | tail -1)"
+if [ -n "$tflops" ] && [ -n "$peak_tflops" ]; then
+  awk -v t="$tflops" -v p="$peak_tflops" -v g="$gpu" \
+    'BEGIN { printf "small, L=1024, bf16: %.1f model TFLOP/s, MFU %.1f%% of %s dense bf16 peak %.1f TFLOP/s\n", t, 100*t/p, g, p }'
+else
+  echo "MFU: no peak figure for '$gpu' (model TFLOP/s: ${tflops:-none})"
+fi
+set -x
 # NCCL process group of world size 1 (torchrun-style variables): rendezvous, weight broadcast,
 # per-step gradient all-reduce, validation all-reduce, barrier and shutdown on libtorch_cuda's
 # ProcessGroupNCCL. The last lines must show the trained steps; an error names the rank.

@@ -115,7 +115,7 @@ pub fn run(cfg: Config, launch: Option<&Launch>) -> Result<TrainOutcome> {
         pg.shutdown()?;
     }
     if main {
-        report(&out);
+        report(&out, model.train_flops_per_token(&cfg.model));
     }
     Ok(out)
 }
@@ -166,11 +166,16 @@ fn rank_plan(
     Ok(plan)
 }
 
-/// Rank 0's summary: throughput on stderr, the validation numbers and checkpoint on stdout.
-fn report(out: &TrainOutcome) {
+/// Rank 0's summary: throughput on stderr (tokens/s and the model FLOP/s they amount to, which
+/// divided by the device's peak is the MFU), the validation numbers and checkpoint on stdout.
+fn report(out: &TrainOutcome, flops_per_token: f64) {
     eprintln!(
-        "trained {} steps, {:.0} tokens/s, last loss {:.4}",
-        out.steps, out.tokens_per_s, out.last_loss
+        "trained {} steps, {:.0} tokens/s ({:.3} model TFLOP/s at {:.3e} FLOPs/token), last loss {:.4}",
+        out.steps,
+        out.tokens_per_s,
+        out.tokens_per_s * flops_per_token / 1e12,
+        flops_per_token,
+        out.last_loss
     );
     if let Some(m) = &out.last_val {
         println!(
