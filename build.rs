@@ -25,6 +25,8 @@ fn main() {
         "profile/record.cpp",
         "train/foreach.cpp",
         "backbone/scan.cpp",
+        "backbone/dropout.cpp",
+        "backbone/rotary.cpp",
         "ffi_error.h",
     ] {
         println!("cargo:rerun-if-changed=src/{f}");
@@ -83,6 +85,8 @@ fn compile_bridge(root: &Path, cuda_linked: bool) {
         .file("src/profile/record.cpp")
         .file("src/train/foreach.cpp")
         .file("src/backbone/scan.cpp")
+        .file("src/backbone/dropout.cpp")
+        .file("src/backbone/rotary.cpp")
         .compile("mdlm_aten");
     let mut gloo_build = build.clone();
     gloo_build.file("src/dist/c10d.cpp").compile("mdlm_c10d");

@@ -214,6 +214,9 @@ mod tests {
             causal: None,
             temb_strategy: None,
         };
-        assert_eq!(model.train_flops_per_token(&cfg), (6 * 2290 + 12 * 8 * 16) as f64);
+        assert_eq!(
+            model.train_flops_per_token(&cfg),
+            (6 * 2290 + 12 * 8 * 16) as f64
+        );
     }
 }

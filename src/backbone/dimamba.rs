@@ -383,7 +383,7 @@ impl Layer {
             BiStrategy::Add => fwd + rev,
             BiStrategy::EwMultiply => fwd * rev,
         };
-        h + gate * out.dropout(cfg.dropout, train)
+        h + gate * super::dropout::dropout(out, cfg.dropout, train)
     }
 }
 

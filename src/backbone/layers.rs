@@ -45,14 +45,7 @@ pub fn in_kind(t: &Tensor, kind: Kind) -> Tensor {
     }
 }
 
-/// Dropout in training only: evaluation and `p = 0` dispatch nothing.
-pub fn dropout(x: Tensor, p: f64, train: bool) -> Tensor {
-    if train && p > 0.0 {
-        x.dropout(p, true)
-    } else {
-        x
-    }
-}
+pub use super::dropout::dropout;
 
 /// LayerNorm without bias (`models/dit.py: LayerNorm`): normalised in float32 with autocast off,
 /// then scaled by `weight` — inside the one layer-norm kernel, which computes the same
@@ -118,12 +111,10 @@ impl Sublayers {
             .attn_qkv
             .forward(a, kind)
             .view([b, n, 3, self.n_heads, h / self.n_heads]); // [B, n, 3, nh, dh]
-        let qk = rot
-            .apply(&qkv.narrow(2, 0, 2))
-            .permute([2, 0, 3, 1, 4]) // [2, B, nh, n, dh]
-            .unbind(0);
-        let v = qkv.select(2, 2).transpose(1, 2);
-        (qk[0].shallow_clone(), qk[1].shallow_clone(), v)
+        if super::rotary::applies(&qkv) {
+            return super::rotary::split(&qkv, &rot.cos, &rot.sin);
+        }
+        qkv_composite(&qkv, rot)
     }
 
     /// Attention output `[B, nh, n, dh]` → heads back to `[B, n, H]` (head-major), projected,
@@ -139,6 +130,17 @@ impl Sublayers {
         let hdn = self.mlp0.forward(a, kind).gelu("tanh");
         dropout(self.mlp2.forward(&hdn, kind), self.dropout, train)
     }
+}
+
+/// `qkv [B, n, 3, nh, dh]` → rotary'd q, k and plain v as views and elementwise ops: what CUDA
+/// and bf16 run, and the truth `rotary.cpp`'s one-pass split is tested against.
+pub fn qkv_composite(qkv: &Tensor, rot: &Rotary) -> (Tensor, Tensor, Tensor) {
+    let qk = rot
+        .apply(&qkv.narrow(2, 0, 2))
+        .permute([2, 0, 3, 1, 4]) // [2, B, nh, n, dh]
+        .unbind(0);
+    let v = qkv.select(2, 2).transpose(1, 2);
+    (qk[0].shallow_clone(), qk[1].shallow_clone(), v)
 }
 
 /// U(-1/sqrt(fan_in), 1/sqrt(fan_in)): what PyTorch's kaiming_uniform(a=sqrt(5)) comes to (its
@@ -253,6 +255,11 @@ impl Rotary {
             cos: table(Tensor::cat(&[&cos, &cos], 1)),
             sin: table(Tensor::cat(&[-&sin, sin], 1)),
         }
+    }
+
+    /// The `[cos, cos]` and `[-sin, sin]` tables, `[n, 1, 1, dh]`.
+    pub fn tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
     }
 
     /// `x [B, n, k, nh, dh]` rotated: `x * [cos, cos] + [x2, x1] * [-sin, sin]`, which rounds as

@@ -3,8 +3,10 @@
 pub mod ar;
 pub mod dimamba;
 pub mod dit;
+pub mod dropout;
 pub mod layers;
 pub mod load;
+pub mod rotary;
 pub mod scan;
 
 pub use ar::{Ar, ArCache, ArConfig};
