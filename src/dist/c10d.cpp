@@ -19,10 +19,12 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #endif
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 #include "../ffi_error.h"
 #include "c10d_bridge.h"
@@ -47,6 +49,31 @@ c10::intrusive_ptr<c10d::Backend> mdlm_gloo_backend([[maybe_unused]] const mdlm_
       "this build has no Gloo: gloo's headers were not found when mdlm was compiled "
       "(install them with scripts/setup-dist.sh, i.e. apt-get install libgloo-dev, then rebuild)");
 #endif
+}
+
+// Waits for a collective. Gloo's wait() blocks and throws after the group's timeout. NCCL's only
+// makes the current CUDA stream wait for it (blocking the host needs TORCH_NCCL_BLOCKING_WAIT,
+// read when the group is made), so with a dead peer the next host read would hang for good: poll
+// the work until it completes, rethrows NCCL's own error, or outlives the timeout; then abort the
+// communicators, so no kernel stays queued behind the dead peer, and say so.
+static void finish(mdlm_pg* pg, const c10::intrusive_ptr<c10d::Work>& work) {
+  work->wait();
+  if (!pg->nccl) {
+    return;
+  }
+  const auto deadline = std::chrono::steady_clock::now() + pg->timeout;
+  auto pause = std::chrono::microseconds(20);
+  while (!work->isCompleted()) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      pg->backend->abort();
+      throw std::runtime_error("NCCL collective not finished after trainer.dist_timeout_s (" +
+                               std::to_string(pg->timeout.count() / 1000) +
+                               " s): a peer process died or is stuck");
+    }
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::microseconds(2000));
+  }
+  work->wait();  // rethrows an error the work completed with
 }
 
 extern "C" {
@@ -109,7 +136,7 @@ char* mdlm_c10d_pg_new(mdlm_store* s, int rank, int world, int64_t timeout_ms, i
   const mdlm_pg_args a{s, rank, world, std::chrono::milliseconds(timeout_ms)};
   try {
     auto backend = nccl != 0 ? mdlm_nccl_backend(a) : mdlm_gloo_backend(a);
-    *out = new mdlm_pg{backend, world, nccl != 0};
+    *out = new mdlm_pg{backend, world, nccl != 0, a.timeout};
     return nullptr;
   } catch (const std::exception& e) {
     return mdlm_c10d_error(e.what());
@@ -124,11 +151,10 @@ char* mdlm_c10d_allreduce(mdlm_pg* pg, at::Tensor* t, int avg) {
     std::vector<at::Tensor> v{*t};
     c10d::AllreduceOptions o;
     // Gloo has no AVG: sum, then divide (what DDP does on Gloo too).
-    o.reduceOp = (avg != 0 && pg->native_avg) ? c10d::ReduceOp(c10d::ReduceOp::AVG)
-                                              : c10d::ReduceOp(c10d::ReduceOp::SUM);
-    auto work = pg->backend->allreduce(v, o);
-    work->wait();
-    if (avg != 0 && !pg->native_avg) {
+    o.reduceOp = (avg != 0 && pg->nccl) ? c10d::ReduceOp(c10d::ReduceOp::AVG)
+                                        : c10d::ReduceOp(c10d::ReduceOp::SUM);
+    finish(pg, pg->backend->allreduce(v, o));
+    if (avg != 0 && !pg->nccl) {
       t->div_(pg->world);
     }
   })
@@ -139,15 +165,13 @@ char* mdlm_c10d_broadcast(mdlm_pg* pg, at::Tensor* t, int root) {
     std::vector<at::Tensor> v{*t};
     c10d::BroadcastOptions o;
     o.rootRank = root;
-    auto work = pg->backend->broadcast(v, o);
-    work->wait();
+    finish(pg, pg->backend->broadcast(v, o));
   })
 }
 
 char* mdlm_c10d_barrier(mdlm_pg* pg) {
   MDLM_GUARD({
-    auto work = pg->backend->barrier(c10d::BarrierOptions());
-    work->wait();
+    finish(pg, pg->backend->barrier(c10d::BarrierOptions()));
   })
 }
 

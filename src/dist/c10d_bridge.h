@@ -14,8 +14,10 @@ struct mdlm_store {
 struct mdlm_pg {
   c10::intrusive_ptr<c10d::Backend> backend;
   int world;
-  // NCCL reduces with AVG itself; Gloo has only SUM.
-  bool native_avg;
+  // NCCL: reduces with AVG itself (Gloo has only SUM), and its Work::wait() does not block the
+  // host, so a collective with a dead peer is waited for with `timeout` by the bridge.
+  bool nccl;
+  std::chrono::milliseconds timeout;
 };
 
 char* mdlm_c10d_error(const std::string& what);
