@@ -33,6 +33,18 @@ pub enum Command {
     SampleEval(Overrides),
     /// Write `eval.checkpoint_path` as a Hugging Face MDLM folder (config.json + model.safetensors).
     ExportHf(ExportArgs),
+    /// Write RUN_DIR/report.html: curves, samples, evaluations and configs of its runs.
+    ///
+    /// RUN_DIR is one run, or a folder with runs below it (a sweep, `outputs/`), whose curves
+    /// share the charts. No config is composed.
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// A run directory, or a folder with runs below it (e.g. `outputs/`).
+    #[arg(value_name = "RUN_DIR")]
+    pub run_dir: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -52,13 +64,15 @@ pub struct Overrides {
 }
 
 impl Cli {
-    pub fn mode(&self) -> &'static str {
+    /// The `mode` the subcommand sets; `None` for `report`, which composes no config.
+    pub fn mode(&self) -> Option<&'static str> {
         match self.command {
-            Command::Train(_) => "train",
-            Command::PplEval(_) => "ppl_eval",
-            Command::SampleEval(_) => "sample_eval",
+            Command::Train(_) => Some("train"),
+            Command::PplEval(_) => Some("ppl_eval"),
+            Command::SampleEval(_) => Some("sample_eval"),
             // Not a mode of the reference: it loads a checkpoint the way sample-eval does.
-            Command::ExportHf(_) => "sample_eval",
+            Command::ExportHf(_) => Some("sample_eval"),
+            Command::Report(_) => None,
         }
     }
 
@@ -94,12 +108,15 @@ impl Cli {
         let user = match &self.command {
             Command::Train(o) | Command::PplEval(o) | Command::SampleEval(o) => &o.overrides,
             Command::ExportHf(e) => &e.overrides.overrides,
+            Command::Report(_) => return self.config_with(&[]),
         };
         self.config_with(user)
     }
 
     fn config_with(&self, user: &[String]) -> Result<Config> {
-        let mode = self.mode();
+        let Some(mode) = self.mode() else {
+            anyhow::bail!("`mdlm report` reads a run directory and composes no config");
+        };
         if let Some(m) = user.iter().find_map(|o| o.strip_prefix("mode="))
             && m != mode
         {

@@ -16,5 +16,6 @@ pub mod eval;
 pub mod hub;
 pub mod model;
 pub mod profile;
+pub mod report;
 pub mod sample;
 pub mod train;

@@ -29,6 +29,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
+    if let Command::Report(r) = &cli.command {
+        if cli.cfg {
+            anyhow::bail!("--cfg prints a composed config; `mdlm report` composes none");
+        }
+        return mdlm::cmd::report::run(&r.run_dir);
+    }
     if matches!(cli.command, Command::PplEval(_)) {
         let cfgs = cli.configs()?;
         if cli.cfg {
@@ -46,6 +52,6 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Train(_) => mdlm::cmd::train::main(cfg),
         Command::SampleEval(_) => mdlm::cmd::sample_eval::run(cfg).map(|_| ()),
         Command::ExportHf(ref e) => mdlm::cmd::export_hf::run(cfg, &e.out),
-        Command::PplEval(_) => unreachable!("handled above"),
+        Command::PplEval(_) | Command::Report(_) => unreachable!("handled above"),
     }
 }
