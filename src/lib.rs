@@ -18,4 +18,5 @@ pub mod model;
 pub mod profile;
 pub mod report;
 pub mod sample;
+pub mod tb;
 pub mod train;

@@ -93,6 +93,14 @@ fn two_ranks_with_half_the_batch_equal_one_process_with_all_of_it() {
     assert!(o.status.success(), "two ranks:\n{}", stderr(&o));
     assert!(stderr(&o).contains("starting 2 ranks"), "{}", stderr(&o));
     assert!(t.elapsed() < Duration::from_secs(120));
+    // Only rank 0 writes a TensorBoard event file (and draws the validation samples in it).
+    let event_files = std::fs::read_dir(two.join("tb")).unwrap().count();
+    assert_eq!(
+        event_files,
+        1,
+        "event files in {}",
+        two.join("tb").display()
+    );
 
     let ca = checkpoint::load(&one.join("checkpoints/last.safetensors")).unwrap();
     let cb = checkpoint::load(&two.join("checkpoints/last.safetensors")).unwrap();

@@ -16,6 +16,7 @@ pub fn run(cfg: Config, out: &Path) -> Result<()> {
         model,
         diffusion,
         source,
+        ..
     } = setup::eval_model(&cfg, tokenizer.as_ref(), device)?;
     if !matches!(model.net, Net::Dit(_)) {
         bail!(

@@ -1,9 +1,11 @@
 //! `mdlm ppl-eval`: NELBO-based NLL / BPD / PPL of a checkpoint on a validation split; with
-//! `data=a,b,c`, one row per data group — the paper's zero-shot table.
+//! `data=a,b,c`, one row per data group — the paper's zero-shot table. Each result is also a
+//! TensorBoard scalar `eval/<data>/<split>/{nll,bpd,ppl}` at the checkpoint's training step.
 
 use super::setup::{self, Run};
 use crate::config::Config;
 use crate::data::{Loader, Split, prepare::prepare_one};
+use crate::tb::EventWriter;
 use crate::train::trainer;
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -29,6 +31,7 @@ pub fn run(cfg: Config) -> Result<PplRow> {
         device,
         run_dir,
     } = setup::start(cfg, None)?;
+    let mut tb = EventWriter::create(&run_dir.join("tb"))?;
     // Only the scored split: evaluation corpora often ship no training split.
     let split = Split::parse(&cfg.eval.split).context("eval.split")?;
     let spec = setup::data_spec(&cfg)?;
@@ -37,6 +40,7 @@ pub fn run(cfg: Config) -> Result<PplRow> {
         model,
         diffusion,
         source,
+        step,
     } = setup::eval_model(&cfg, tokenizer.as_ref(), device)?;
     let eval_batch = cfg
         .loader
@@ -61,6 +65,13 @@ pub fn run(cfg: Config) -> Result<PplRow> {
     let line = json!({"checkpoint": source, "data": cfg.data.valid, "split": split.as_str(), "val/nll": m.nll(), "val/bpd": m.bpd(), "val/ppl": m.ppl(), "tokens": m.tokens});
     std::fs::write(&path, format!("{line}\n"))
         .with_context(|| format!("writing {}", path.display()))?;
+    // One tag per data group and split: the zero-shot table's rows share the run directory.
+    let tag = format!("eval/{}/{}", cfg.data.valid, split.as_str());
+    let step = step.unwrap_or(0);
+    tb.scalar(&format!("{tag}/nll"), step, m.nll())?;
+    tb.scalar(&format!("{tag}/bpd"), step, m.bpd())?;
+    tb.scalar(&format!("{tag}/ppl"), step, m.ppl())?;
+    tb.flush()?;
     Ok(PplRow {
         data: cfg.data.valid.clone(),
         checkpoint: source,

@@ -1,5 +1,7 @@
 //! `mdlm sample-eval`: draw samples from a checkpoint, print them, write them as JSONL and as a
-//! readable text file, report their cost (and, when asked, their generative perplexity).
+//! readable text file, report their cost (and, when asked, their generative perplexity). The
+//! printed samples and the generative perplexity also go to TensorBoard (`<run dir>/tb`), at the
+//! checkpoint's training step.
 
 use super::setup::{self, Run};
 use crate::config::{self, Config};
@@ -11,6 +13,7 @@ use crate::sample::ar::{ArSampleSpec, ArSampler, TorchGumbel, sample_ar};
 use crate::sample::categorical::TorchUniforms;
 use crate::sample::semi_ar::{SemiArSpec, sample_semi_ar};
 use crate::sample::{self, Denoiser, Held, ModelDenoiser, SampleSpec};
+use crate::tb::{self, EventWriter};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use std::io::Write;
@@ -65,11 +68,14 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
     } = setup::start(cfg, None)?;
     let tokenizer = crate::data::tokenizer_by_name(&cfg.data.tokenizer_name_or_path)?;
     check_filter(&cfg.sampling)?;
+    let mut board = EventWriter::create(&run_dir.join("tb"))?;
     let setup::EvalModel {
         model,
         diffusion,
         source,
+        step,
     } = setup::eval_model(&cfg, tokenizer.as_ref(), device)?;
+    let step = step.unwrap_or(0);
     let mut plan = Plan::new(&cfg, tokenizer.as_ref(), device)?;
     plan.profile = cfg.trainer.profile.then(|| run_dir.join("trace.json"));
     // Fetched before sampling: a failed download must cost no samples.
@@ -84,8 +90,17 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
     let files = SampleFiles::in_dir(&run_dir);
     let (texts, tokens) = files.write(&sampled, tokenizer.as_ref(), plan.wanted)?;
     report(&cfg, &sampled, &texts, &source, &files, plan.length);
+    let shown = &texts[..texts.len().min(cfg.sampling.num_sample_log)];
+    board.text("samples", step, &tb::samples_markdown(shown))?;
+    board.flush()?;
     let gen_ppl = match &evaluator {
-        Some(dir) => Some(score(&cfg, dir, &texts, &sampled, &run_dir, device)?),
+        Some(dir) => {
+            let r = score(&cfg, dir, &texts, &sampled, &run_dir, device)?;
+            board.scalar("eval/gen_ppl", step, r.gen_ppl)?;
+            board.scalar("eval/unigram_entropy", step, r.unigram_entropy)?;
+            board.flush()?;
+            Some(r.gen_ppl)
+        }
         None => None,
     };
     Ok(SampleReport {
@@ -389,7 +404,7 @@ fn score(
     sampled: &Sampled,
     run_dir: &Path,
     device: Device,
-) -> Result<f64> {
+) -> Result<crate::eval::gen_ppl::GenPplReport> {
     let name = &cfg.eval.gen_ppl_eval_model_name_or_path;
     let r = crate::eval::gen_ppl::evaluate(
         dir,
@@ -408,7 +423,7 @@ fn score(
         format!("{}\n", json!({"gen_ppl": r.gen_ppl, "evaluator": name, "samples_scored": r.samples_scored, "unigram_entropy": r.unigram_entropy, "sampler": sampled.what, "steps": sampled.steps})),
     )
     .with_context(|| format!("writing {}", metrics.display()))?;
-    Ok(r.gen_ppl)
+    Ok(r)
 }
 
 /// `bar` ticks once per batch (samplers without per-step ticks).

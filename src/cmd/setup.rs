@@ -202,6 +202,9 @@ pub struct EvalModel {
     pub diffusion: Diffusion,
     /// What was loaded, for reports.
     pub source: String,
+    /// The training step the weights are from, where the checkpoint records it (the step an
+    /// evaluation is logged at in TensorBoard).
+    pub step: Option<u64>,
 }
 
 /// Loads `eval.checkpoint_path` for ppl-eval / sample-eval / export, whatever its kind:
@@ -253,28 +256,32 @@ pub fn eval_model(
             },
             diffusion,
             source,
+            step: None,
         });
     }
     let model = build_model(cfg, vocab_size, device)?;
     let diffusion = diffusion(cfg, vocab_size, mask_index)?;
     let p = PathBuf::from(path);
     if p.extension().is_some_and(|e| e == "ckpt") {
-        load_lightning(cfg, &model, &p)?;
+        let step = load_lightning(cfg, &model, &p)?;
         return Ok(EvalModel {
             model,
             diffusion,
             source: format!("{path} (Lightning checkpoint)"),
+            step,
         });
     }
-    load_eval_weights(cfg, &model)?;
+    let step = load_eval_weights(cfg, &model)?;
     Ok(EvalModel {
         model,
         diffusion,
         source: path.to_string(),
+        step,
     })
 }
 
-fn load_lightning(cfg: &Config, model: &Model, path: &std::path::Path) -> Result<()> {
+/// Returns the checkpoint's global step, when it has one.
+fn load_lightning(cfg: &Config, model: &Model, path: &std::path::Path) -> Result<Option<u64>> {
     let ck = crate::checkpoint::lightning::read(path)?;
     let mut weights: std::collections::BTreeMap<String, tch::Tensor> = if cfg.eval.disable_ema {
         ck.state_dict
@@ -306,12 +313,13 @@ fn load_lightning(cfg: &Config, model: &Model, path: &std::path::Path) -> Result
             path.display(),
             cfg.model.name
         )
-    })
+    })?;
+    Ok(ck.global_step.and_then(|s| u64::try_from(s).ok()))
 }
 
 /// Loads `eval.checkpoint_path` into `model`: the EMA weights unless `eval.disable_ema`, as the
-/// reference evaluates and samples.
-fn load_eval_weights(cfg: &Config, model: &Model) -> Result<PathBuf> {
+/// reference evaluates and samples. Returns the checkpoint's global step.
+fn load_eval_weights(cfg: &Config, model: &Model) -> Result<Option<u64>> {
     if cfg.eval.checkpoint_path.is_empty() {
         bail!(
             "eval.checkpoint_path is empty; pass eval.checkpoint_path=<run>/checkpoints/last.safetensors"
@@ -331,5 +339,5 @@ fn load_eval_weights(cfg: &Config, model: &Model) -> Result<PathBuf> {
             cfg.model.name
         )
     })?;
-    Ok(path)
+    Ok(ckpt.state["global_step"].as_u64())
 }

@@ -3,12 +3,14 @@
 //! launcher (`trainer.devices=N` without a launcher) that starts one rank per device.
 
 use super::setup::{self, Run};
-use crate::config::{Config, CountOrFraction, LrSchedulerKind};
+use crate::config::{Config, CountOrFraction, LrSchedulerKind, Parameterization};
 use crate::data::prepare::prepare_one;
 use crate::data::{Loader, Prefetch, Split, StreamLoader, TokenBlocks, Tokenizer, TrainBatches};
 use crate::dist::{self, Backend, Launch, ProcessGroup};
+use crate::sample::SampleSpec;
 use crate::train::lr::{CosineDecayWarmup, LrSchedule};
 use crate::train::optim::AdamWConfig;
+use crate::train::samples::ValidationSamples;
 use crate::train::trainer::{self, TrainOutcome, TrainPlan};
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
@@ -84,8 +86,10 @@ pub fn run(cfg: Config, launch: Option<&Launch>) -> Result<TrainOutcome> {
     let mut valid_loader = Loader::eval(data.valid.clone(), eval_batch)?
         .shard(rank, world)?
         .with_device(device);
-    let plan = rank_plan(&cfg, &run_dir, &data, batch, world, &valid_loader, main)?;
+    let mut plan = rank_plan(&cfg, &run_dir, &data, batch, world, &valid_loader, main)?;
     if main {
+        // Only rank 0 logs, so only rank 0 draws samples for the log.
+        plan.samples = validation_samples(&cfg, &data.tokenizer, &diffusion, eval_batch);
         eprintln!(
             "run dir {} | device {device:?} | {} parameters | vocab {vocab_size} (mask {mask_index}) | {} train / {} valid blocks of {} | batch {batch} x {world} ranks x accumulate {}",
             run_dir.display(),
@@ -166,6 +170,38 @@ fn rank_plan(
     Ok(plan)
 }
 
+/// What rank 0 samples at every validation (`eval.generate_samples`): `sampling.num_sample_log`
+/// rows with the configured sampler, none for the autoregressive baseline (as the reference). A
+/// sampler this model cannot run is reported now and skipped, rather than ending the run at its
+/// first validation.
+fn validation_samples(
+    cfg: &Config,
+    tokenizer: &Arc<dyn Tokenizer>,
+    diffusion: &crate::diffusion::Diffusion,
+    eval_batch: usize,
+) -> Option<ValidationSamples> {
+    let rows = cfg.sampling.num_sample_log;
+    if !cfg.eval.generate_samples || rows == 0 || cfg.parameterization == Parameterization::Ar {
+        return None;
+    }
+    let batch = rows.min(eval_batch.max(1)) as i64;
+    let spec = SampleSpec::from_config(&cfg.sampling, batch, cfg.model.length as i64, None);
+    if let Err(e) = spec.validate(diffusion) {
+        eprintln!("eval.generate_samples: no samples at validation: {e:#}");
+        return None;
+    }
+    Some(ValidationSamples {
+        spec,
+        rows,
+        kind: if cfg.sampling.float64_gumbel {
+            tch::Kind::Double
+        } else {
+            tch::Kind::Float
+        },
+        tokenizer: tokenizer.clone(),
+    })
+}
+
 /// Rank 0's summary: throughput on stderr (tokens/s and the model FLOP/s they amount to, which
 /// divided by the device's peak is the MFU), the validation numbers and checkpoint on stdout.
 fn report(out: &TrainOutcome, flops_per_token: f64) {
@@ -198,7 +234,7 @@ struct TrainData {
     train_blocks: Option<usize>,
     train_block_size: usize,
     valid: Arc<TokenBlocks>,
-    tokenizer: Box<dyn Tokenizer>,
+    tokenizer: Arc<dyn Tokenizer>,
 }
 
 impl TrainData {
@@ -240,7 +276,7 @@ impl TrainData {
                 train_blocks: Some(data.train.len()),
                 train_block_size: data.train.block_size(),
                 valid: data.valid,
-                tokenizer: data.tokenizer,
+                tokenizer: data.tokenizer.into(),
             });
         }
         let spec = setup::data_spec(cfg)?;
@@ -256,7 +292,7 @@ impl TrainData {
             train_loader: Box::new(Prefetch::new(Box::new(stream), device)),
             train_blocks: None,
             valid: Arc::new(valid),
-            tokenizer,
+            tokenizer: tokenizer.into(),
         })
     }
 }
@@ -340,6 +376,8 @@ pub fn plan(
         keep_best: cfg.callbacks.checkpoint_monitor.is_some(),
         resume_from,
         metrics_path: run_dir.join("metrics.jsonl"),
+        tb_dir: run_dir.join("tb"),
+        samples: None,
         config_yaml: cfg.to_yaml(),
         progress: true,
         bucket_mb: cfg.trainer.bucket_cap_mb,

@@ -164,7 +164,8 @@ impl SampleSpec {
         }
     }
 
-    fn validate(&self, diff: &Diffusion) -> anyhow::Result<()> {
+    /// Whether `diff` can be sampled with these settings ([`sample`] checks it first).
+    pub fn validate(&self, diff: &Diffusion) -> anyhow::Result<()> {
         if self.predictor == Predictor::DdpmCache && !matches!(diff.noise, Noise::LogLinear { .. })
         {
             anyhow::bail!(

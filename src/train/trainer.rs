@@ -5,10 +5,12 @@
 //!
 //! Data parallel (`dist` given): each rank holds a shard of every batch, gradients are averaged
 //! once per optimizer step (not per micro-batch), validation sums are added up across ranks, and
-//! only rank 0 writes checkpoints, metrics and the progress bar.
+//! only rank 0 writes checkpoints, metrics (`metrics.jsonl` and the TensorBoard event file) and
+//! the progress bar, and draws the validation samples.
 
 use super::lr::LrSchedule;
 use super::optim::{AdamWConfig, clip_grad_norm};
+use super::samples::ValidationSamples;
 use super::seeds::{reseed_micro, reseed_validation, row_share};
 use super::state::TrainState;
 use crate::data::loader::{Loader, TrainBatches};
@@ -18,6 +20,7 @@ use crate::dist::ddp::{self, GradReducer};
 use crate::eval::metrics::NllMeter;
 use crate::model::Model;
 use crate::profile::StepProfile;
+use crate::tb::{self, EventWriter};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use std::io::Write;
@@ -46,6 +49,10 @@ pub struct TrainPlan {
     pub keep_best: bool,
     pub resume_from: Option<PathBuf>,
     pub metrics_path: PathBuf,
+    /// Where rank 0 writes this process's TensorBoard event file (`<run dir>/tb`).
+    pub tb_dir: PathBuf,
+    /// Samples drawn and logged at every validation (`eval.generate_samples`; rank 0 only).
+    pub samples: Option<ValidationSamples>,
     pub config_yaml: String,
     pub progress: bool,
     /// Gradient bucket size for data-parallel all-reduce (MB).
@@ -270,6 +277,10 @@ impl Trainer<'_> {
             self.dist,
         )?;
         self.log.validation(self.state.step, &m)?;
+        if let Some(s) = plan.samples.as_ref().filter(|_| self.main) {
+            let texts = s.draw(self.ema_model, self.diffusion)?;
+            self.log.samples(self.state.step, &texts)?;
+        }
         if plan.keep_best && self.state.best.is_none_or(|b| m.nll() < b) {
             self.state.best = Some(m.nll());
             if self.main {
@@ -331,10 +342,12 @@ struct Pending {
     grad_norm: Option<Tensor>,
 }
 
-/// Where the loop reports: the progress bar and, on rank 0, `metrics.jsonl` (the other ranks
-/// write to a sink, so the loop reads the same).
+/// Where the loop reports: the progress bar and, on rank 0, `metrics.jsonl` and the TensorBoard
+/// event file (the other ranks write to a sink and no event file, so the loop reads the same).
+/// Both get the same numbers at the same steps; TensorBoard keeps them as f32.
 struct RunLog {
     metrics: Box<dyn Write>,
+    tb: Option<EventWriter>,
     bar: indicatif::ProgressBar,
     started: Instant,
     /// Tokens trained on by all ranks together, for tokens/s.
@@ -347,6 +360,11 @@ struct RunLog {
 
 impl RunLog {
     fn open(plan: &TrainPlan, main: bool, step: u64) -> Result<RunLog> {
+        let tb = if main {
+            Some(open_board(plan, step)?)
+        } else {
+            None
+        };
         let metrics: Box<dyn Write> = if main {
             std::fs::create_dir_all(&plan.ckpt_dir)
                 .with_context(|| format!("creating {}", plan.ckpt_dir.display()))?;
@@ -362,6 +380,7 @@ impl RunLog {
         };
         Ok(RunLog {
             metrics,
+            tb,
             bar: progress_bar(plan.progress && main, plan.max_steps, step),
             started: Instant::now(),
             tokens: 0.0,
@@ -429,8 +448,21 @@ impl RunLog {
                     "{}",
                     json!({"step": done, "train/loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tps})
                 )?;
+                if let Some(tb) = &mut self.tb {
+                    tb.scalar("train/loss", done, loss)?;
+                    tb.scalar("train/lr", done, lr)?;
+                    // Not computed without clipping (null in metrics.jsonl too).
+                    if grad_norm.is_finite() {
+                        tb.scalar("train/grad_norm", done, grad_norm)?;
+                    }
+                    tb.scalar("train/tokens_per_s", done, tps)?;
+                }
             }
             last = loss;
+        }
+        // Visible to a TensorBoard watching the run from every logging step on.
+        if let Some(tb) = &mut self.tb {
+            tb.flush()?;
         }
         let lr = pending.last().map_or(f64::NAN, |p| p.lr);
         self.bar
@@ -451,6 +483,20 @@ impl RunLog {
             "{}",
             json!({"step": step, "val/nll": nll, "val/bpd": bpd, "val/ppl": ppl})
         )?;
+        if let Some(tb) = &mut self.tb {
+            tb.scalar("val/nll", step, nll)?;
+            tb.scalar("val/bpd", step, bpd)?;
+            tb.scalar("val/ppl", step, ppl)?;
+            tb.flush()?;
+        }
+        Ok(())
+    }
+
+    fn samples(&mut self, step: u64, texts: &[String]) -> Result<()> {
+        if let Some(tb) = &mut self.tb {
+            tb.text("samples", step, &tb::samples_markdown(texts))?;
+            tb.flush()?;
+        }
         Ok(())
     }
 
@@ -459,6 +505,21 @@ impl RunLog {
         self.bar.finish_and_clear();
         self.tokens_per_s()
     }
+}
+
+/// Rank 0's event file for this process: a session start, then the resolved config. A run
+/// resumed from a checkpoint at `step` writes a new file holding only later steps (start and
+/// config at `step + 1`), so no (tag, step) is in two files when the first process stopped at
+/// its checkpoint. After a crash, the steps it logged past the checkpoint are logged again; the
+/// second start tells TensorBoard to drop the first file's copies.
+fn open_board(plan: &TrainPlan, step: u64) -> Result<EventWriter> {
+    let mut tb = EventWriter::create(&plan.tb_dir)?;
+    // A checkpoint is only written after a step, so step 0 is a fresh run.
+    let first = if step == 0 { 0 } else { step + 1 };
+    tb.session_start(first)?;
+    tb.text("config", first, &tb::code_block(&plan.config_yaml))?;
+    tb.flush()?;
+    Ok(tb)
 }
 
 /// One window start per batch, drawn from the step's reseeded generator (so a resumed run crops
