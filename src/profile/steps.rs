@@ -52,10 +52,10 @@ impl StepProfile {
         self.seen += 1;
         if let Some(rec) = self.rec.as_mut() {
             rec.lap("step");
-            if self.seen == WARMUP + RECORDED {
-                if let Err(e) = self.write() {
-                    self.failed = Some(e);
-                }
+            if self.seen == WARMUP + RECORDED
+                && let Err(e) = self.write()
+            {
+                self.failed = Some(e);
             }
         } else if self.seen == WARMUP && self.failed.is_none() {
             match Recorder::start() {
