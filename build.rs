@@ -27,6 +27,7 @@ fn main() {
         "backbone/scan.cpp",
         "backbone/dropout.cpp",
         "backbone/rotary.cpp",
+        "backbone/parallel.h",
         "ffi_error.h",
     ] {
         println!("cargo:rerun-if-changed=src/{f}");

@@ -21,6 +21,7 @@
 #include <mutex>
 
 #include "../ffi_error.h"
+#include "parallel.h"
 
 namespace {
 
@@ -30,26 +31,6 @@ using torch::autograd::variable_list;
 // Elements per work item; a multiple of 4 so that every item starts on a Philox block.
 constexpr int64_t kBlock = 1 << 14;
 
-// Runs f(first, end) over work items [0, n) on libtorch's intra-op threads (see scan.cpp's
-// parallel_lanes for why TensorIterator::for_each and not at::parallel_for).
-template <typename F>
-void parallel_items(int64_t n, const F& f) {
-  const auto items = at::arange(n, at::kLong);
-  auto iter = at::TensorIteratorConfig()
-                  .add_output(items)
-                  .resize_outputs(false)
-                  .check_all_same_dtype(false)
-                  .build();
-  iter.for_each(
-      [&](char** data, const int64_t* strides, int64_t size0, int64_t size1) {
-        TORCH_CHECK(size1 == 1 && (size0 == 1 || strides[0] == sizeof(int64_t)),
-                    "work items must be contiguous");
-        const int64_t first = *reinterpret_cast<const int64_t*>(data[0]);
-        f(first, first + size0);
-      },
-      /*grain_size=*/1);
-}
-
 // Keep threshold on a 32-bit word: P(word >= threshold) = 1 - p up to 2^-32.
 uint64_t threshold(double p) { return static_cast<uint64_t>(std::llround(p * 4294967296.0)); }
 
@@ -58,7 +39,7 @@ void masked_scale(const scalar_t* x, scalar_t* y, int64_t numel, uint64_t key, d
   const uint64_t thr = threshold(p);
   const auto scale = static_cast<scalar_t>(1.0 / (1.0 - p));
   const int64_t items = (numel + kBlock - 1) / kBlock;
-  parallel_items(items, [&](int64_t first, int64_t end) {
+  mdlm_parallel_items(items, [&](int64_t first, int64_t end, int64_t) {
     for (int64_t item = first; item < end; item++) {
       const int64_t begin = item * kBlock;
       const int64_t stop = std::min(numel, begin + kBlock);

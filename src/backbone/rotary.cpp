@@ -19,31 +19,12 @@
 #include <cmath>
 
 #include "../ffi_error.h"
+#include "parallel.h"
 
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-// Runs f(first, end) over work items [0, n) on libtorch's intra-op threads (see scan.cpp's
-// parallel_lanes for why TensorIterator::for_each and not at::parallel_for).
-template <typename F>
-void parallel_items(int64_t n, const F& f) {
-  const auto items = at::arange(n, at::kLong);
-  auto iter = at::TensorIteratorConfig()
-                  .add_output(items)
-                  .resize_outputs(false)
-                  .check_all_same_dtype(false)
-                  .build();
-  iter.for_each(
-      [&](char** data, const int64_t* strides, int64_t size0, int64_t size1) {
-        TORCH_CHECK(size1 == 1 && (size0 == 1 || strides[0] == sizeof(int64_t)),
-                    "work items must be contiguous");
-        const int64_t first = *reinterpret_cast<const int64_t*>(data[0]);
-        f(first, first + size0);
-      },
-      /*grain_size=*/1);
-}
 
 // One head's rotation: y = fma(swap(x), sin, x * cos), as addcmul rounds it. The FMA
 // instruction where the CPU has it (inlined), libm's correctly rounded fma otherwise.
@@ -110,7 +91,7 @@ variable_list split(const at::Tensor& qkv_in, const at::Tensor& cos_in, const at
     const scalar_t* sn = sin.data_ptr<scalar_t>();
     scalar_t* dst[3] = {out[0].data_ptr<scalar_t>(), out[1].data_ptr<scalar_t>(),
                         out[2].data_ptr<scalar_t>()};
-    parallel_items(s.batch * s.n, [&](int64_t first, int64_t end) {
+    mdlm_parallel_items(s.batch * s.n, [&](int64_t first, int64_t end, int64_t) {
       for (int64_t row = first; row < end; row++) {
         const int64_t t = row % s.n;
         const scalar_t* ct = c + t * s.dh;
@@ -151,7 +132,7 @@ at::Tensor join_grads(const variable_list& grads, const at::Tensor& cos_in,
     const scalar_t* src[3] = {g[0].data_ptr<scalar_t>(), g[1].data_ptr<scalar_t>(),
                               g[2].data_ptr<scalar_t>()};
     scalar_t* dst = gx.data_ptr<scalar_t>();
-    parallel_items(s.batch * s.n, [&](int64_t first, int64_t end) {
+    mdlm_parallel_items(s.batch * s.n, [&](int64_t first, int64_t end, int64_t) {
       for (int64_t row = first; row < end; row++) {
         const int64_t t = row % s.n;
         for (int64_t j = 0; j < 3; j++) {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../ffi_error.h"
+#include "parallel.h"
 
 namespace {
 
@@ -204,29 +205,6 @@ Lanes<scalar_t> lanes(const Inputs& in) {
           in.u.size(2), in.a.size(1)};
 }
 
-// Runs f(begin, end, thread) over the lanes [0, n) on libtorch's intra-op threads, `thread` <
-// at::get_num_threads(). Not at::parallel_for: its OpenMP body is only compiled with -fopenmp,
-// which the bridges are built without, so here it would run serially; and a pool of our own
-// would fight libtorch's spinning OpenMP workers for the cores. TensorIterator::for_each is
-// compiled inside libtorch, so it hands out ranges of a tensor of lane numbers on those workers.
-template <typename F>
-void parallel_lanes(int64_t n, const F& f) {
-  const auto lanes = at::arange(n, at::kLong);
-  auto iter = at::TensorIteratorConfig()
-                  .add_output(lanes)
-                  .resize_outputs(false)
-                  .check_all_same_dtype(false)
-                  .build();
-  iter.for_each(
-      [&](char** data, const int64_t* strides, int64_t size0, int64_t size1) {
-        TORCH_CHECK(size1 == 1 && (size0 == 1 || strides[0] == sizeof(int64_t)),
-                    "lane ranges must be contiguous");
-        const int64_t first = *reinterpret_cast<const int64_t*>(data[0]);
-        f(first, first + size0, static_cast<int64_t>(at::get_thread_num()));
-      },
-      /*grain_size=*/1);
-}
-
 // sum_j p[j] q[j] over 8 independent partial sums: without -ffast-math the compiler keeps a
 // single running sum in order, one dependent add per element, which made the loops latency-bound.
 template <typename T>
@@ -297,7 +275,7 @@ void loop_forward(const Inputs& in, int64_t chunk, at::Tensor& y, at::Tensor& st
     }
     const at::Tensor decay_t = chunk_decay(in, start, len);
     const auto* decay = decay_t.data_ptr<scalar_t>();
-    parallel_lanes(x.batch * x.d, [&](int64_t begin, int64_t end, int64_t) {
+    mdlm_parallel_items(x.batch * x.d, [&](int64_t begin, int64_t end, int64_t) {
       for (int64_t lane = begin; lane < end; lane++) {
         const int64_t bi = lane / x.d, di = lane % x.d;
         scalar_t* h = h_all + lane * x.n;
@@ -342,7 +320,7 @@ Grads loop_backward(const Inputs& in, int64_t chunk, const at::Tensor& states,
     const at::Tensor decay_t = chunk_decay(in, start, len);
     const auto* decay_all = decay_t.data_ptr<scalar_t>();
     const scalar_t* h0_all = k > 0 ? states[k - 1].data_ptr<scalar_t>() : nullptr;
-    parallel_lanes(x.batch * x.d, [&](int64_t begin, int64_t end, int64_t tid) {
+    mdlm_parallel_items(x.batch * x.d, [&](int64_t begin, int64_t end, int64_t tid) {
       scalar_t* gb_all = pb + tid * x.batch * x.len * x.n;
       scalar_t* gc_all = pc + tid * x.batch * x.len * x.n;
       // hs[i] is the state before the chunk's token i, hs[i + 1] the state after it.
