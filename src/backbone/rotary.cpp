@@ -26,12 +26,13 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// One head's rotation: y = fma(swap(x), sin, x * cos), as addcmul rounds it. The FMA
-// instruction where the CPU has it (inlined), libm's correctly rounded fma otherwise.
+// One head's rotation: y = fma(swap(x), sin, x * cos), as addcmul rounds it. Inlined into the
+// two callers below: with the FMA instruction where the CPU has it, libm's correctly rounded fma
+// otherwise.
 template <typename T>
-__attribute__((target("fma"))) void rotate_fma(const T* __restrict x, const T* __restrict cos,
-                                               const T* __restrict sin, T* __restrict y,
-                                               int64_t half) {
+__attribute__((always_inline)) inline void rotate(const T* __restrict x, const T* __restrict cos,
+                                                  const T* __restrict sin, T* __restrict y,
+                                                  int64_t half) {
   for (int64_t d = 0; d < half; d++) {
     y[d] = std::fma(x[d + half], sin[d], x[d] * cos[d]);
     y[d + half] = std::fma(x[d], sin[d + half], x[d + half] * cos[d + half]);
@@ -39,11 +40,14 @@ __attribute__((target("fma"))) void rotate_fma(const T* __restrict x, const T* _
 }
 
 template <typename T>
+__attribute__((target("fma"))) void rotate_fma(const T* x, const T* cos, const T* sin, T* y,
+                                               int64_t half) {
+  rotate(x, cos, sin, y, half);
+}
+
+template <typename T>
 void rotate_libm(const T* x, const T* cos, const T* sin, T* y, int64_t half) {
-  for (int64_t d = 0; d < half; d++) {
-    y[d] = std::fma(x[d + half], sin[d], x[d] * cos[d]);
-    y[d + half] = std::fma(x[d], sin[d + half], x[d + half] * cos[d + half]);
-  }
+  rotate(x, cos, sin, y, half);
 }
 
 // Its gradient: g * cos + swap(g * sin), each product rounded, then the sum (no fused multiply-add
