@@ -118,8 +118,9 @@ fn main() {
         }
         let cli = mdlm::cli::Cli::parse_from(&args);
         let cfg = cli.config().expect("config");
-        let report = match mdlm::cmd::sample_eval::run(cfg) {
-            Ok(r) => r,
+        let report = match mdlm::cmd::sample_eval::run(cfg, None) {
+            Ok(Some(r)) => r,
+            Ok(None) => unreachable!("one process is rank 0"),
             Err(e) => {
                 println!("| {predictor} | {steps} | failed: {e:#} | | | |");
                 continue;

@@ -280,7 +280,11 @@ impl TrainRig {
         let (opt, ema, params) = (&mut self.opt, &mut self.ema, &self.params);
         phase(0, &mut || {
             opt.zero_grad().unwrap();
-            loss = Some(m.batch_loss(diff, x0, mask, true, None).unwrap().loss);
+            loss = Some(
+                m.batch_loss(diff, x0, mask, true, mdlm::model::Rows::Whole)
+                    .unwrap()
+                    .loss,
+            );
         });
         phase(1, &mut || {
             loss.take().unwrap().backward();

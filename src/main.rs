@@ -41,7 +41,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             cfgs.iter().for_each(|c| print!("{}", c.to_yaml()));
             return Ok(());
         }
-        return mdlm::cmd::ppl_eval::run_all(cfgs);
+        return mdlm::cmd::ppl_eval::run_all(cfgs).map(|_| ());
     }
     let cfg = cli.config()?;
     if cli.cfg {
@@ -50,7 +50,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Train(_) => mdlm::cmd::train::main(cfg),
-        Command::SampleEval(_) => mdlm::cmd::sample_eval::run(cfg).map(|_| ()),
+        Command::SampleEval(_) => mdlm::cmd::sample_eval::main(cfg),
         Command::ExportHf(ref e) => mdlm::cmd::export_hf::run(cfg, &e.out),
         Command::PplEval(_) | Command::Report(_) => unreachable!("handled above"),
     }

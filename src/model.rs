@@ -2,6 +2,7 @@
 //! objective it is trained and evaluated with.
 
 use crate::backbone::{Ar, ArConfig, Backbone, Dimamba, DimambaConfig, Dit, DitConfig, Precision};
+use crate::data::loader::EvalPlace;
 use crate::diffusion::{self, Diffusion, Draws};
 use anyhow::Result;
 use tch::{Device, Tensor, nn};
@@ -24,6 +25,18 @@ pub struct RowShare {
     pub rank: i64,
     pub world: i64,
     pub rank_seed: i64,
+}
+
+/// Which rows of the batch its diffusion draws are made for this process holds.
+#[derive(Debug, Clone, Copy)]
+pub enum Rows<'a> {
+    /// The whole batch, drawn as the reference draws it.
+    Whole,
+    /// Data-parallel training: the rows of `share.rank` (see [`Draws::sample_rows`]).
+    Share(RowShare),
+    /// Evaluation: this process's rows of a global batch, for whose whole the caller has
+    /// seeded the generator (see [`Draws::rows_of`]).
+    Eval(&'a EvalPlace),
 }
 
 /// What training and validation need from one batch, whatever the objective.
@@ -65,20 +78,22 @@ impl Model {
     /// The diffusion NELBO for a DiT or DiMamba (fresh uniform draws from libtorch's generator),
     /// the next-token loss for the AR baseline.
     ///
-    /// With `share`, this data-parallel rank holds rows `share.rank` (stride `share.world`) of the
-    /// global batch: the diffusion draws are the global batch's rows (see [`Draws::sample_rows`]),
-    /// and in training the generator is then reseeded per rank so that dropout differs between
-    /// replicas. Evaluation has no dropout, and reseeding there would break the draws' continuity.
+    /// `rows` says which rows of the batch the draws are made for this process holds. In
+    /// data-parallel training the generator is then reseeded per rank so that dropout differs
+    /// between replicas; evaluation has no dropout and keeps the draws' generator as it is.
     pub fn batch_loss(
         &self,
         diffusion: &Diffusion,
         x0: &Tensor,
         mask: &Tensor,
         train: bool,
-        share: Option<RowShare>,
+        rows: Rows,
     ) -> Result<BatchLoss> {
         let reseed_for_dropout = || {
-            if let Some(s) = share.filter(|s| s.world > 1 && train) {
+            if let Rows::Share(s) = rows
+                && s.world > 1
+                && train
+            {
                 tch::manual_seed(s.rank_seed);
             }
         };
@@ -86,16 +101,14 @@ impl Model {
             Net::Dit(_) | Net::DiMamba(_) => {
                 let (b, l) = x0.size2()?;
                 let dev = x0.device();
-                let draws = match share {
-                    Some(s) => Draws::sample_rows(
-                        b,
-                        l,
-                        dev,
-                        s.rank,
-                        s.world,
-                        diffusion.antithetic_sampling,
-                    ),
-                    None => Draws::sample(b, l, dev),
+                let anti = diffusion.antithetic_sampling;
+                let draws = match rows {
+                    Rows::Whole => Draws::sample(b, l, dev),
+                    Rows::Share(s) => Draws::sample_rows(b, l, dev, s.rank, s.world, anti),
+                    Rows::Eval(place) => {
+                        let local = Tensor::from_slice(&place.local).to_device(dev);
+                        Draws::rows_of(place.rows as i64, &local, l, dev, anti)
+                    }
                 };
                 reseed_for_dropout();
                 let p = diffusion.loss(self.backbone(), x0, mask, &draws, train)?;

@@ -3,6 +3,7 @@
 
 pub mod export_hf;
 pub mod ppl_eval;
+pub mod ranks;
 pub mod report;
 pub mod sample_eval;
 pub mod setup;

@@ -3,10 +3,12 @@
 //! printed samples and the generative perplexity also go to TensorBoard (`<run dir>/tb`), at the
 //! checkpoint's training step.
 
+use super::ranks::{self, Role};
 use super::setup::{self, Run};
 use crate::config::{self, Config};
 use crate::data::Tokenizer;
 use crate::diffusion::Diffusion;
+use crate::dist::{Launch, ProcessGroup};
 use crate::model::{Model, Net};
 use crate::profile::StepProfile;
 use crate::sample::ar::{ArSampleSpec, ArSampler, TorchGumbel, sample_ar};
@@ -14,6 +16,7 @@ use crate::sample::categorical::TorchUniforms;
 use crate::sample::semi_ar::{SemiArSpec, sample_semi_ar};
 use crate::sample::{self, Denoiser, Held, ModelDenoiser, SampleSpec};
 use crate::tb::{self, EventWriter};
+use crate::train::seeds::reseed_sample_batch;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use std::io::Write;
@@ -58,38 +61,70 @@ struct Plan {
     device: Device,
     /// `trainer.profile`: where the sampler steps' Chrome trace goes.
     profile: Option<PathBuf>,
+    /// The batches (of `n_batches`, numbered over all ranks) this process draws.
+    mine: Vec<usize>,
+    /// Rank 0 (or alone): shows the progress bar.
+    main: bool,
+    seed: u64,
 }
 
-pub fn run(cfg: Config) -> Result<SampleReport> {
+/// The `mdlm sample-eval` entry point: one process, one rank, or the local launcher.
+pub fn main(cfg: Config) -> Result<()> {
+    match ranks::role(&cfg)? {
+        Role::Alone => run(cfg, None).map(|_| ()),
+        Role::Rank(l) => run(cfg, Some(&l)).map(|_| ()),
+        Role::Launched => Ok(()),
+    }
+}
+
+/// Samples alone (`launch` = `None`) or as one rank of a data-parallel run, where rank `r` of
+/// `w` draws batches `r, r + w, ...` and rank 0 gathers every batch, writes them in batch order
+/// and scores them. The report on rank 0 (or alone), `None` on the other ranks.
+pub fn run(cfg: Config, launch: Option<&Launch>) -> Result<Option<SampleReport>> {
     let Run {
         cfg,
         device,
         run_dir,
-    } = setup::start(cfg, None)?;
+    } = setup::start(cfg, launch)?;
+    let pg = ranks::join(&cfg, launch, device)?;
+    let (rank, world) = pg.as_ref().map_or((0, 1), |p| (p.rank(), p.world()));
+    let main = rank == 0;
     let tokenizer = crate::data::tokenizer_by_name(&cfg.data.tokenizer_name_or_path)?;
     check_filter(&cfg.sampling)?;
-    let mut board = EventWriter::create(&run_dir.join("tb"))?;
     let setup::EvalModel {
         model,
         diffusion,
         source,
         step,
-    } = setup::eval_model(&cfg, tokenizer.as_ref(), device)?;
+    } = ranks::rank_zero_first(pg.as_ref(), "loading the model", || {
+        setup::eval_model(&cfg, tokenizer.as_ref(), device)
+    })?;
     let step = step.unwrap_or(0);
     let mut plan = Plan::new(&cfg, tokenizer.as_ref(), device)?;
-    plan.profile = cfg.trainer.profile.then(|| run_dir.join("trace.json"));
+    plan.mine = (rank..plan.n_batches).step_by(world).collect();
+    plan.main = main;
+    plan.profile = (main && cfg.trainer.profile).then(|| run_dir.join("trace.json"));
     // Fetched before sampling: a failed download must cost no samples.
-    let evaluator = if cfg.eval.compute_generative_perplexity {
+    let evaluator = if main && cfg.eval.compute_generative_perplexity {
         Some(crate::eval::gen_ppl::fetch_evaluator(
             &cfg.eval.gen_ppl_eval_model_name_or_path,
         )?)
     } else {
         None
     };
-    let sampled = draw_batches(&cfg, &model, &diffusion, tokenizer.as_ref(), &plan)?;
+    let mut sampled = draw_batches(&cfg, &model, &diffusion, tokenizer.as_ref(), &plan)?;
+    if let Some(pg) = pg {
+        sampled.batches = gather(&pg, sampled.batches, &plan)?;
+        // Before scoring: the other ranks need not wait for the evaluator.
+        pg.shutdown()?;
+        if !main {
+            return Ok(None);
+        }
+    }
+    let mut board = EventWriter::create(&run_dir.join("tb"))?;
     let files = SampleFiles::in_dir(&run_dir);
     let (texts, tokens) = files.write(&sampled, tokenizer.as_ref(), plan.wanted)?;
-    report(&cfg, &sampled, &texts, &source, &files, plan.length);
+    report(&cfg, &sampled, &texts, &source, &files, plan.length, world);
     let shown = &texts[..texts.len().min(cfg.sampling.num_sample_log)];
     board.text("samples", step, &tb::samples_markdown(shown))?;
     board.flush()?;
@@ -103,13 +138,83 @@ pub fn run(cfg: Config) -> Result<SampleReport> {
         }
         None => None,
     };
-    Ok(SampleReport {
+    Ok(Some(SampleReport {
         texts,
         tokens,
         forward_calls: sampled.batches.iter().map(|d| d.calls).sum(),
         seconds: sampled.batches.iter().map(|d| d.seconds).sum(),
         gen_ppl,
-    })
+    }))
+}
+
+/// Rank 0 receives every other rank's batches through the rendezvous store and returns all
+/// `plan.n_batches` in batch order; the other ranks send theirs and return none.
+fn gather(pg: &ProcessGroup, mine: Vec<Drawn>, plan: &Plan) -> Result<Vec<Drawn>> {
+    let key = |b: usize| format!("mdlm/samples/{b}");
+    if !pg.is_main() {
+        for (&b, d) in plan.mine.iter().zip(&mine) {
+            pg.store().set(&key(b), &d.to_bytes()?).map_err(|e| {
+                anyhow::anyhow!("rank {}: sending sample batch {b}: {e}", pg.rank())
+            })?;
+        }
+        return Ok(Vec::new());
+    }
+    let mut mine = mine.into_iter();
+    (0..plan.n_batches)
+        .map(|b| {
+            if b % pg.world() == 0 {
+                return mine
+                    .next()
+                    .context("rank 0 drew fewer batches than planned");
+            }
+            let bytes = pg.store().get(&key(b)).map_err(|e| {
+                anyhow::anyhow!(
+                    "rank 0: waiting for sample batch {b} from rank {}: {e}",
+                    b % pg.world()
+                )
+            })?;
+            Drawn::from_bytes(&bytes).with_context(|| format!("sample batch {b}"))
+        })
+        .collect()
+}
+
+impl Drawn {
+    /// Calls, seconds, shape and the token ids, little-endian.
+    fn to_bytes(&self) -> Result<Vec<u8>> {
+        let (rows, cols) = self.tokens.size2()?;
+        let ids = Vec::<i64>::try_from(self.tokens.reshape([-1]))?;
+        let mut out = Vec::with_capacity(32 + ids.len() * 8);
+        out.extend((self.calls as u64).to_le_bytes());
+        out.extend(self.seconds.to_le_bytes());
+        out.extend((rows as u64).to_le_bytes());
+        out.extend((cols as u64).to_le_bytes());
+        ids.iter().for_each(|t| out.extend(t.to_le_bytes()));
+        Ok(out)
+    }
+
+    fn from_bytes(b: &[u8]) -> Result<Drawn> {
+        let word = |i: usize| -> Result<[u8; 8]> {
+            b.get(i * 8..i * 8 + 8)
+                .and_then(|w| w.try_into().ok())
+                .context("truncated sample batch")
+        };
+        let (rows, cols) = (u64::from_le_bytes(word(2)?), u64::from_le_bytes(word(3)?));
+        let n = (rows * cols) as usize;
+        if b.len() != 32 + n * 8 {
+            bail!(
+                "a sample batch of {rows} x {cols} tokens holds {} bytes",
+                b.len()
+            );
+        }
+        let ids: Vec<i64> = (0..n)
+            .map(|i| word(4 + i).map(i64::from_le_bytes))
+            .collect::<Result<_>>()?;
+        Ok(Drawn {
+            tokens: Tensor::from_slice(&ids).view([rows as i64, cols as i64]),
+            calls: u64::from_le_bytes(word(0)?) as usize,
+            seconds: f64::from_le_bytes(word(1)?),
+        })
+    }
 }
 
 fn check_filter(s: &config::Sampling) -> Result<()> {
@@ -150,6 +255,9 @@ impl Plan {
             held: held_tokens(cfg, tokenizer, batch, length, device)?,
             device,
             profile: None,
+            mine: (0..n_batches).collect(),
+            main: true,
+            seed: cfg.seed,
         })
     }
 }
@@ -163,7 +271,7 @@ fn draw_batches(
     tokenizer: &dyn Tokenizer,
     plan: &Plan,
 ) -> Result<Sampled> {
-    let bar = progress(plan.n_batches);
+    let bar = progress(plan.mine.len(), plan.main);
     let sampled = match &model.net {
         Net::Dit(_) | Net::DiMamba(_) => {
             let draws = DiffusionDraws {
@@ -190,8 +298,11 @@ fn draw_batches(
                 mask_index: diffusion.mask_index,
             };
             let mut gumbel = TorchGumbel { kind: plan.kind };
-            let batches = (0..plan.n_batches)
-                .map(|_| {
+            let batches = plan
+                .mine
+                .iter()
+                .map(|&b| {
+                    reseed_sample_batch(plan.seed, b);
                     let start = Instant::now();
                     let out = sample_ar(
                         ar,
@@ -241,7 +352,8 @@ impl DiffusionDraws<'_> {
         };
         let mut uniforms = TorchUniforms { kind: plan.kind };
         let mut batches = Vec::new();
-        for _ in 0..plan.n_batches {
+        for &b in &plan.mine {
+            reseed_sample_batch(plan.seed, b);
             let (start, calls) = (Instant::now(), den.calls());
             let out = sample_semi_ar(den, self.diffusion, &spec, plan.device, &mut uniforms)?;
             batches.push(finish(
@@ -269,11 +381,12 @@ impl DiffusionDraws<'_> {
         let (s, den, plan) = (self.s, &self.den, self.plan);
         let spec = SampleSpec::from_config(s, plan.batch, plan.length, plan.held.clone());
         self.bar
-            .set_length(plan.n_batches as u64 * sample::observed_steps(&spec));
+            .set_length(plan.mine.len() as u64 * sample::observed_steps(&spec));
         let mut uniforms = TorchUniforms { kind: plan.kind };
         let mut batches = Vec::new();
         let mut profile = plan.profile.clone().map(StepProfile::new);
-        for _ in 0..plan.n_batches {
+        for &b in &plan.mine {
+            reseed_sample_batch(plan.seed, b);
             let (start, calls) = (Instant::now(), den.calls());
             let out = sample::sample(
                 den,
@@ -369,6 +482,7 @@ fn report(
     source: &str,
     files: &SampleFiles,
     length: i64,
+    world: usize,
 ) {
     let s = &cfg.sampling;
     for (i, t) in texts.iter().take(s.num_sample_log).enumerate() {
@@ -378,12 +492,17 @@ fn report(
     let forward_calls: usize = sampled.batches.iter().map(|d| d.calls).sum();
     let (what, steps) = (&sampled.what, sampled.steps);
     println!(
-        "{} samples of {} tokens from {source} with {what}, {steps} steps: {seconds:.2} s ({:.3} s per sample), {forward_calls} denoiser calls ({} gumbel); written to {} and {}",
+        "{} samples of {} tokens from {source} with {what}, {steps} steps: {seconds:.2} s{} ({:.3} s per sample), {forward_calls} denoiser calls ({} gumbel); written to {} and {}",
         texts.len(),
         sampled
             .batches
             .first()
             .map_or(length, |d| d.tokens.size()[1]),
+        if world > 1 {
+            format!(" summed over {world} processes")
+        } else {
+            String::new()
+        },
         seconds / texts.len().max(1) as f64,
         if s.float64_gumbel {
             "float64"
@@ -445,7 +564,10 @@ fn finish(
     }
 }
 
-fn progress(n_batches: usize) -> indicatif::ProgressBar {
+fn progress(n_batches: usize, shown: bool) -> indicatif::ProgressBar {
+    if !shown {
+        return indicatif::ProgressBar::hidden();
+    }
     let bar = indicatif::ProgressBar::new(n_batches as u64).with_style(
         indicatif::ProgressStyle::with_template("sampling {bar:30} {pos}/{len} ({eta})")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),

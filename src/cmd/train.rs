@@ -2,11 +2,12 @@
 //! rank of a data-parallel run started by `srun` / torchrun-style variables, or as the local
 //! launcher (`trainer.devices=N` without a launcher) that starts one rank per device.
 
+use super::ranks::{self, Role};
 use super::setup::{self, Run};
 use crate::config::{Config, CountOrFraction, LrSchedulerKind, Parameterization};
 use crate::data::prepare::prepare_one;
 use crate::data::{Loader, Prefetch, Split, StreamLoader, TokenBlocks, Tokenizer, TrainBatches};
-use crate::dist::{self, Backend, Launch, ProcessGroup};
+use crate::dist::{self, Launch};
 use crate::sample::SampleSpec;
 use crate::train::lr::{CosineDecayWarmup, LrSchedule};
 use crate::train::optim::AdamWConfig;
@@ -15,43 +16,14 @@ use crate::train::trainer::{self, TrainOutcome, TrainPlan};
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-/// The `mdlm train` entry point: decides between one process, one rank, and the local launcher.
+/// The `mdlm train` entry point: one process, one rank, or the local launcher.
 pub fn main(cfg: Config) -> Result<()> {
-    let launch = Launch::from_env()?;
-    let devices = cfg.trainer.devices.unwrap_or(1);
-    let nodes = cfg.trainer.num_nodes.max(1);
-    if launch.is_none() && devices * nodes > 1 {
-        return launch_locally(cfg, devices, nodes);
+    match ranks::role(&cfg)? {
+        Role::Alone => run(cfg, None).map(|_| ()),
+        Role::Rank(l) => run(cfg, Some(&l)).map(|_| ()),
+        Role::Launched => Ok(()),
     }
-    run(cfg, launch.as_ref()).map(|_| ())
-}
-
-/// Starts one rank per device on this machine, each re-running this command line.
-fn launch_locally(cfg: Config, devices: usize, nodes: usize) -> Result<()> {
-    if nodes > 1 {
-        bail!(
-            "trainer.num_nodes={nodes}: a multi-node run needs a launcher on every node (srun, see scripts/train_owt_mdlm.sh, or RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT per process)"
-        );
-    }
-    // The batch arithmetic fails here, before any process or process group exists.
-    let mut resolved = cfg.clone();
-    resolved.resolve_devices(devices);
-    resolved.validate()?;
-    resolved.check_data_parallel(devices)?;
-    // Every rank must use the run directory this process resolved (it may hold `${now:}`).
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .chain([format!("hydra.run.dir={}", cfg.run_dir().display())])
-        .collect();
-    let exe = std::env::current_exe().context("locating the mdlm executable")?;
-    eprintln!(
-        "starting {devices} ranks on this machine (one per device); run dir {}",
-        cfg.run_dir().display()
-    );
-    let grace = Duration::from_secs_f64(cfg.trainer.dist_timeout_s + 30.0);
-    dist::launch::spawn_local(&exe, &args, devices, grace)
 }
 
 /// Trains as rank `launch.rank` of a data-parallel run, or alone with `None`.
@@ -65,7 +37,7 @@ pub fn run(cfg: Config, launch: Option<&Launch>) -> Result<TrainOutcome> {
     if main {
         eprintln!("{}", cfg.tree());
     }
-    let pg = join_group(&cfg, launch, device)?;
+    let pg = ranks::join(&cfg, launch, device)?;
     let (rank, world) = pg.as_ref().map_or((0, 1), |p| (p.rank(), p.world()));
     let batch = cfg
         .loader
@@ -75,7 +47,9 @@ pub fn run(cfg: Config, launch: Option<&Launch>) -> Result<TrainOutcome> {
         .loader
         .eval_batch_size
         .context("loader.eval_batch_size unresolved")?;
-    let data = TrainData::rank_zero_first(&cfg, pg.as_ref(), batch, device)?;
+    let data = ranks::rank_zero_first(pg.as_ref(), "preparing the data", || {
+        TrainData::new(&cfg, batch, device, rank, world)
+    })?;
     let (vocab_size, mask_index) = setup::vocab(data.tokenizer.as_ref());
     let diffusion = setup::diffusion(&cfg, vocab_size, mask_index)?;
     let model = setup::build_model(&cfg, vocab_size, device)?;
@@ -124,22 +98,6 @@ pub fn run(cfg: Config, launch: Option<&Launch>) -> Result<TrainOutcome> {
     Ok(out)
 }
 
-/// Joins `launch`'s process group (none without a launcher) and checks that every rank trains
-/// the same run.
-fn join_group(
-    cfg: &Config,
-    launch: Option<&Launch>,
-    device: tch::Device,
-) -> Result<Option<ProcessGroup>> {
-    let Some(l) = launch else {
-        return Ok(None);
-    };
-    let timeout = Duration::from_secs_f64(cfg.trainer.dist_timeout_s);
-    let pg = ProcessGroup::init(l, Backend::for_device(device), timeout)?;
-    same_run(&pg, cfg)?;
-    Ok(Some(pg))
-}
-
 /// [`plan`] for this rank: its share of an epoch, the progress bar on rank 0 only, and
 /// text8-crop when the training blocks are twice the model length.
 fn rank_plan(
@@ -155,7 +113,7 @@ fn rank_plan(
         cfg,
         run_dir,
         data.train_blocks.map(|n| (n / world / batch) as u64),
-        valid_loader.num_batches() as u64,
+        valid_loader.global_batches() as u64,
     )?;
     plan.progress = main;
     if data.train_block_size == 2 * cfg.model.length {
@@ -238,29 +196,6 @@ struct TrainData {
 }
 
 impl TrainData {
-    /// Rank 0 prepares the data first; the others then open what it wrote.
-    fn rank_zero_first(
-        cfg: &Config,
-        pg: Option<&ProcessGroup>,
-        batch: usize,
-        device: tch::Device,
-    ) -> Result<TrainData> {
-        let Some(pg) = pg else {
-            return TrainData::new(cfg, batch, device, 0, 1);
-        };
-        let (rank, world) = (pg.rank(), pg.world());
-        if pg.is_main() {
-            let d = TrainData::new(cfg, batch, device, rank, world)?;
-            pg.barrier()
-                .context("waiting for the other ranks after preparing data")?;
-            Ok(d)
-        } else {
-            pg.barrier()
-                .context("waiting for rank 0 to prepare the data")?;
-            TrainData::new(cfg, batch, device, rank, world)
-        }
-    }
-
     fn new(
         cfg: &Config,
         batch: usize,
@@ -384,33 +319,4 @@ pub fn plan(
         crop: None,
         profile: cfg.trainer.profile.then(|| run_dir.join("trace.json")),
     })
-}
-
-/// Every rank must train the same run: rank 0 publishes what decides where checkpoints go and
-/// where a resume starts, and the others compare (a `${now:}` run directory resolved per process
-/// would otherwise split the run silently).
-fn same_run(pg: &ProcessGroup, cfg: &Config) -> Result<()> {
-    let mine = format!(
-        "hydra.run.dir={}\ncheckpointing.save_dir={:?}\ncheckpointing.resume_ckpt_path={:?}\nseed={}",
-        cfg.hydra.run.dir, cfg.checkpointing.save_dir, cfg.checkpointing.resume_ckpt_path, cfg.seed
-    );
-    let key = "mdlm/run";
-    if pg.is_main() {
-        pg.store()
-            .set(key, mine.as_bytes())
-            .map_err(|e| anyhow::anyhow!("rank 0: publishing the run settings: {e}"))?;
-        return Ok(());
-    }
-    let theirs = pg
-        .store()
-        .get(key)
-        .map_err(|e| anyhow::anyhow!("rank {}: reading rank 0's run settings: {e}", pg.rank()))?;
-    let theirs = String::from_utf8_lossy(&theirs);
-    if let Some((a, b)) = theirs.lines().zip(mine.lines()).find(|(a, b)| a != b) {
-        bail!(
-            "rank {} resolved {b} but rank 0 resolved {a}; give every rank the same hydra.run.dir (or checkpointing.save_dir) explicitly",
-            pg.rank()
-        );
-    }
-    Ok(())
 }

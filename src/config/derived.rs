@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::schema::{Config, Data, LrSchedulerKind};
+use super::schema::{Config, Data, LrSchedulerKind, Mode};
 
 fn div_up(a: usize, b: usize) -> usize {
     a.div_ceil(b.max(1))
@@ -42,9 +42,9 @@ impl Config {
     }
 
     /// The reference's batch arithmetic for `world` data-parallel processes, checked before any
-    /// process group exists: `devices * num_nodes` processes, and
-    /// `global_batch_size = batch_size * devices * num_nodes * accumulate_grad_batches` (the
-    /// evaluation batch likewise without accumulation). Call after [`Config::resolve_devices`].
+    /// process group exists: `devices * num_nodes` processes, and (training)
+    /// `global_batch_size = batch_size * devices * num_nodes * accumulate_grad_batches`, and the
+    /// evaluation batch likewise without accumulation. Call after [`Config::resolve_devices`].
     pub fn check_data_parallel(&self, world: usize) -> anyhow::Result<()> {
         let devices = self.trainer.devices.unwrap_or(1);
         let nodes = self.trainer.num_nodes.max(1);
@@ -59,7 +59,8 @@ impl Config {
         let batch = self.loader.batch_size.unwrap_or(0);
         let accumulate = self.trainer.accumulate_grad_batches.unwrap_or(0);
         let global = self.loader.global_batch_size;
-        if batch * world * accumulate != global {
+        // Evaluation and sampling never read the training batch.
+        if self.mode == Mode::Train && batch * world * accumulate != global {
             anyhow::bail!(
                 "loader.global_batch_size={global} must equal loader.batch_size={batch} x trainer.devices={devices} x trainer.num_nodes={nodes} x trainer.accumulate_grad_batches={accumulate} = {}; pick a global batch divisible by {} or leave loader.batch_size and trainer.accumulate_grad_batches unset",
                 batch * world * accumulate,

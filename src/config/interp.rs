@@ -245,12 +245,25 @@ pub(crate) fn lookup<'v>(root: &'v Value, path: &[&str]) -> Option<&'v Value> {
     Some(cur)
 }
 
-/// Seconds since the Unix epoch.
-pub(crate) fn now_epoch() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+/// The variable through which the local launcher hands its clock to the ranks it starts, so
+/// that `${now:}` (the default run directory) resolves alike in all of them.
+pub const NOW_VAR: &str = "MDLM_NOW";
+
+/// Seconds since the Unix epoch when this process first asked (or `$MDLM_NOW`): one instant
+/// per process, so every config it composes (`data=a,b,c`) names the same run time.
+pub fn now_epoch() -> i64 {
+    static NOW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *NOW.get_or_init(|| {
+        std::env::var(NOW_VAR)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0)
+            })
+    })
 }
 
 /// `strftime(format)` of `epoch` in the local time zone (libc `localtime_r`).

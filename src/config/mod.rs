@@ -23,6 +23,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+pub use interp::{NOW_VAR, now_epoch};
 pub use schema::*;
 
 /// Composes the embedded `configs/` with command-line overrides (`group=option`, `a.b=value`,

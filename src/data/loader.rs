@@ -27,6 +27,16 @@ pub struct LoaderState {
     pub cursor: usize,
 }
 
+/// Where an eval batch sits in the pass that all ranks make together: global batch `index`
+/// holds `rows` rows (`batch_size * world`, fewer in the last) and this rank's rows of it are
+/// `local` — what makes evaluation draws independent of the number of processes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvalPlace {
+    pub index: usize,
+    pub rows: usize,
+    pub local: Vec<i64>,
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Mode {
     /// Shuffled per epoch, last partial batch dropped, endless.
@@ -208,6 +218,27 @@ impl Loader {
                 )
             }
         }
+    }
+
+    /// Global eval batches of `batch_size * world` blocks in one pass, however many of them
+    /// this rank holds rows of (the last rank may run out one batch early).
+    pub fn global_batches(&self) -> usize {
+        self.blocks.len().div_ceil(self.batch_size * self.world)
+    }
+
+    /// The next eval batch and its [`EvalPlace`]; `None` at the end of this rank's share.
+    pub fn next_eval_batch(&mut self) -> Option<(Batch, EvalPlace)> {
+        debug_assert!(matches!(self.mode, Mode::Eval));
+        let indices = self.next_indices()?;
+        let global = self.batch_size * self.world;
+        let index = indices[0] / global;
+        let start = index * global;
+        let place = EvalPlace {
+            index,
+            rows: (self.blocks.len() - start).min(global),
+            local: indices.iter().map(|&i| (i - start) as i64).collect(),
+        };
+        Some((self.gather(&indices), place))
     }
 
     /// The next batch on the loader's device; `None` only at the end of an eval pass.

@@ -16,20 +16,49 @@ pub struct Draws {
     pub u_t: Tensor,
     /// `[B, L]`: the masking draw of `q_xt`.
     pub u_mask: Tensor,
+    /// `u_t` has already been spread over its batch by antithetic sampling (rows cut from a
+    /// larger batch), so [`Diffusion::sample_t`] must not spread it again over the rows it sees.
+    pub stratified: bool,
 }
 
 impl Draws {
+    /// The reference's draws for a batch of `batch` rows held whole by one process.
     pub fn sample(batch: i64, len: i64, device: Device) -> Draws {
         let u_t = Tensor::rand([batch], (Kind::Float, device));
         let u_mask = Tensor::rand([batch, len], (Kind::Float, device));
-        Draws { u_t, u_mask }
+        Draws {
+            u_t,
+            u_mask,
+            stratified: false,
+        }
     }
 
-    /// This rank's rows of the draws one process would make for the whole data-parallel batch:
-    /// `world * batch` rows are drawn and rank `rank` keeps rows `rank, rank + world, ...` (the
-    /// rows its loader shard holds). With antithetic sampling the time uniforms are mapped so
-    /// that [`Diffusion::sample_t`] over the local `batch` rows gives the times the global batch
-    /// would (up to rounding): `(u + rank) / world`.
+    /// Rows `rows` of the draws one process makes for a whole batch of `global` rows: the same
+    /// generator calls, with antithetic sampling applied over all `global` rows before the cut,
+    /// so each row's time and mask are exactly what the whole batch gives that row — however
+    /// the batch is split between processes.
+    pub fn rows_of(
+        global: i64,
+        rows: &Tensor,
+        len: i64,
+        device: Device,
+        antithetic: bool,
+    ) -> Draws {
+        let whole = Draws::sample(global, len, device);
+        let u_t = if antithetic {
+            stratify(&whole.u_t)
+        } else {
+            whole.u_t
+        };
+        Draws {
+            u_t: u_t.index_select(0, rows),
+            u_mask: whole.u_mask.index_select(0, rows),
+            stratified: antithetic,
+        }
+    }
+
+    /// Rank `rank`'s rows of a data-parallel training batch of `world * batch` rows: rows
+    /// `rank, rank + world, ...`, the rows its loader shard holds.
     pub fn sample_rows(
         batch: i64,
         len: i64,
@@ -41,18 +70,16 @@ impl Draws {
         if world <= 1 {
             return Draws::sample(batch, len, device);
         }
-        let n = world * batch;
-        let u_t = Tensor::rand([n], (Kind::Float, device));
-        let u_mask = Tensor::rand([n, len], (Kind::Float, device));
-        let mut u_t = u_t.slice(0, rank, n, world);
-        if antithetic {
-            u_t = (u_t + rank as f64) / world as f64;
-        }
-        Draws {
-            u_t,
-            u_mask: u_mask.slice(0, rank, n, world),
-        }
+        let rows = Tensor::arange_start_step(rank, world * batch, world, (Kind::Int64, device));
+        Draws::rows_of(world * batch, &rows, len, device, antithetic)
     }
+}
+
+/// Antithetic sampling's spread of `n` uniforms over `[0, 1)`: row `i` lands in `[i/n, (i+1)/n)`.
+fn stratify(u: &Tensor) -> Tensor {
+    let n = u.size()[0];
+    let offset = Tensor::arange(n, (Kind::Float, u.device())) / n as f64;
+    (u / n as f64 + offset).remainder(1.0)
 }
 
 /// Everything one loss evaluation produces; tests compare each part with the reference.
@@ -74,14 +101,14 @@ pub struct LossParts {
 }
 
 impl Diffusion {
-    /// `_sample_t` given the uniforms `u [B]`.
-    pub fn sample_t(&self, u: &Tensor) -> Result<Tensor> {
-        let n = u.size()[0];
-        let mut e = u.shallow_clone();
-        if self.antithetic_sampling {
-            let offset = Tensor::arange(n, (Kind::Float, u.device())) / n as f64;
-            e = (e / n as f64 + offset).remainder(1.0);
-        }
+    /// `_sample_t` given the uniforms `u [B]` (already spread over a larger batch when
+    /// `stratified`).
+    pub fn sample_t(&self, u: &Tensor, stratified: bool) -> Result<Tensor> {
+        let e = if self.antithetic_sampling && !stratified {
+            stratify(u)
+        } else {
+            u.shallow_clone()
+        };
         let t = e * (1.0 - self.sampling_eps) + self.sampling_eps;
         if self.importance_sampling {
             self.noise.importance_sampling_transformation(&t)
@@ -108,7 +135,7 @@ impl Diffusion {
         if self.parameterization == Parameterization::Ar {
             anyhow::bail!("parameterization=ar has no diffusion loss; use diffusion::ar::loss");
         }
-        let mut t = self.sample_t(&draws.u_t)?;
+        let mut t = self.sample_t(&draws.u_t, draws.stratified)?;
         if self.t_steps > 0 {
             let tt = self.t_steps as f64;
             // Truncation toward zero, then the step's right edge (reference: `(t*T).to(int)/T + 1/T`).

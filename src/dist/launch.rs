@@ -138,16 +138,23 @@ pub fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// Starts `devices` copies of this executable with `args` (plus `extra` overrides), ranks
+/// Starts `devices` copies of this executable with `args` and the variables `env`, ranks
 /// 0..devices on 127.0.0.1, and waits for all of them. A rank that fails makes the others fail
 /// within the process-group timeout; any still running `grace` after the first failure are
 /// killed so the launcher never hangs.
-pub fn spawn_local(exe: &Path, args: &[String], devices: usize, grace: Duration) -> Result<()> {
+pub fn spawn_local(
+    exe: &Path,
+    args: &[String],
+    env: &[(&str, String)],
+    devices: usize,
+    grace: Duration,
+) -> Result<()> {
     let port = free_port()?;
     let mut children: Vec<(usize, Child)> = Vec::new();
     for rank in 0..devices {
         let child = Command::new(exe)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RANK", rank.to_string())
             .env("LOCAL_RANK", rank.to_string())
             .env("WORLD_SIZE", devices.to_string())

@@ -6,6 +6,6 @@ pub mod foreach;
 pub mod lr;
 pub mod optim;
 pub mod samples;
-mod seeds;
+pub mod seeds;
 mod state;
 pub mod trainer;

@@ -18,7 +18,7 @@ use crate::diffusion::Diffusion;
 use crate::dist::ProcessGroup;
 use crate::dist::ddp::{self, GradReducer};
 use crate::eval::metrics::NllMeter;
-use crate::model::Model;
+use crate::model::{Model, Rows};
 use crate::profile::StepProfile;
 use crate::tb::{self, EventWriter};
 use anyhow::{Context, Result, bail};
@@ -547,9 +547,10 @@ fn maybe_crop(
     Ok(crate::diffusion::loss::crop(&x, &mask, start, length, bos))
 }
 
-/// Token-weighted NELBO over the first `max_batches` validation batches, with draws fixed by the
-/// seed so that successive validations are comparable. With `dist`, over this rank's shard of
-/// the split, summed over ranks.
+/// Token-weighted NELBO over the first `max_batches` global validation batches, with draws fixed
+/// by the seed and the batch so that successive validations are comparable. With `dist`, over
+/// this rank's rows of those batches, summed over ranks: the same number as one process gives
+/// with the same global eval batch.
 pub fn validate(
     model: &Model,
     diffusion: &Diffusion,
@@ -558,17 +559,17 @@ pub fn validate(
     seed: u64,
     dist: Option<&ProcessGroup>,
 ) -> Result<NllMeter> {
-    reseed_validation(seed);
-    let share = row_share(dist, seed, 0, 0);
     loader.reset();
     let mut meter = NllMeter::default();
     tch::no_grad(|| -> Result<()> {
         for _ in 0..max_batches {
-            let Some(batch) = loader.next_batch() else {
+            let Some((batch, place)) = loader.next_eval_batch() else {
                 break;
             };
+            reseed_validation(seed, place.index);
+            let rows = Rows::Eval(&place);
             let parts =
-                model.batch_loss(diffusion, &batch.x, &batch.attention_mask, false, share)?;
+                model.batch_loss(diffusion, &batch.x, &batch.attention_mask, false, rows)?;
             meter.update(&parts.nlls, &parts.token_mask);
         }
         Ok(())

@@ -150,6 +150,7 @@ pub fn loss(case: &Case) -> Result<()> {
     let draws = Draws {
         u_t: case.t("u_t")?,
         u_mask: case.t("u_mask")?,
+        stratified: false,
     };
     let parts = m.diffusion.loss(&m.dit, &x0, &mask, &draws, true)?;
     case.check("t", &parts.t)?;
