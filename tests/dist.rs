@@ -8,47 +8,23 @@ mod support;
 use mdlm::checkpoint;
 use mdlm::dist::launch::free_port;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::ddp::*;
 use support::*;
+
+/// Training settings under which two runs that take the same steps on the same global batches
+/// can be compared parameter for parameter (see the first test).
+const COMPARABLE: &[&str] = &[
+    "optim.lr=1e-1",
+    "optim.eps=1",
+    "lr_scheduler.num_warmup_steps=0",
+    "trainer.dist_timeout_s=60",
+];
 
 fn overrides(run: &Path, extra: &[&str]) -> Vec<String> {
     let mut o = args(&["train"], tiny_overrides(run));
     o.extend(extra.iter().map(|s| s.to_string()));
     o
-}
-
-/// `mdlm` as rank `rank` of `world`, launched torchrun-style; stderr goes to `log`.
-fn rank(cache: &Path, a: &[String], rank: usize, world: usize, port: u16, log: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_mdlm"))
-        .args(a)
-        .env("MDLM_CACHE", cache)
-        .env("OMP_NUM_THREADS", "1")
-        .env("HF_HUB_OFFLINE", "1")
-        .env("RANK", rank.to_string())
-        .env("WORLD_SIZE", world.to_string())
-        .env("MASTER_ADDR", "127.0.0.1")
-        .env("MASTER_PORT", port.to_string())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("starting mdlm")
-}
-
-/// Waits for `c` at most `limit`; kills it and fails the test past that.
-fn wait_for(c: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
-    let t = Instant::now();
-    loop {
-        if let Some(s) = c.try_wait().unwrap() {
-            return s;
-        }
-        if t.elapsed() > limit {
-            let _ = c.kill();
-            let _ = c.wait();
-            panic!("{what} still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn val_nlls(run: &Path) -> Vec<(u64, f64)> {
@@ -79,6 +55,7 @@ fn two_ranks_with_half_the_batch_equal_one_process_with_all_of_it() {
         "lr_scheduler.num_warmup_steps=0",
         "trainer.dist_timeout_s=60",
     ];
+    assert_eq!(&common[2..], COMPARABLE);
     let one = tmp.path().join("one");
     let mut a = overrides(&one, &common);
     a.push("loader.batch_size=4".into());
@@ -102,62 +79,10 @@ fn two_ranks_with_half_the_batch_equal_one_process_with_all_of_it() {
         two.join("tb").display()
     );
 
-    let ca = checkpoint::load(&one.join("checkpoints/last.safetensors")).unwrap();
-    let cb = checkpoint::load(&two.join("checkpoints/last.safetensors")).unwrap();
-    assert_eq!(ca.state["global_step"], 6);
-    assert_eq!(ca.state["global_step"], cb.state["global_step"]);
-    let (mut max_diff, mut max_moved, mut compared) = (0f64, 0f64, 0);
-    for (k, ta) in &ca.tensors {
-        if k.starts_with("optim.") {
-            continue;
-        }
-        let tb = &cb.tensors[k];
-        assert_eq!(ta.size(), tb.size(), "{k}");
-        let d = (ta - tb).abs().max().double_value(&[]);
-        max_diff = max_diff.max(d);
-        compared += 1;
-        // Training moved the weights: the EMA (decay 0.9999) still sits near the start.
-        if let Some(e) = ca.tensors.get(&format!("ema.{k}")) {
-            max_moved = max_moved.max((ta - e).abs().max().double_value(&[]));
-        }
-    }
-    eprintln!("max |param difference| over {compared} tensors (incl. EMA): {max_diff:.3e}");
-    assert!(compared > 10);
-    // The weights moved far more than they differ: the comparison is not between two untouched
-    // initialisations.
-    assert!(
-        max_moved > 1e-2,
-        "training moved weights by only {max_moved}"
-    );
-    assert!(
-        max_diff < 1e-3 && max_diff < max_moved / 100.0,
-        "parameters differ by {max_diff} (moved {max_moved})"
-    );
-    // Per step, the averaged loss and the norm of the averaged gradient agree: a reduction that
-    // summed instead of averaging would double the norm.
-    let steps = |run: &Path| -> Vec<(f64, f64)> {
-        std::fs::read_to_string(run.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|r| r.get("train/loss").is_some())
-            .map(|r| {
-                (
-                    r["train/loss"].as_f64().unwrap(),
-                    r["grad_norm"].as_f64().unwrap(),
-                )
-            })
-            .collect()
-    };
+    assert_same_parameters(&one, &two, 6);
     let (sa, sb) = (steps(&one), steps(&two));
     assert_eq!(sa.len(), 6);
-    for (a, b) in sa.iter().zip(&sb) {
-        assert!((a.0 - b.0).abs() < 1e-4 * a.0, "losses {sa:?} vs {sb:?}");
-        assert!(
-            (a.1 - b.1).abs() < 1e-3 * a.1,
-            "gradient norms {sa:?} vs {sb:?}"
-        );
-    }
+    assert_same_steps(&sa, &sb);
 
     // val_check_interval counts micro-batches: validation after steps 3 and 6.
     let (va, vb) = (val_nlls(&one), val_nlls(&two));
@@ -289,4 +214,112 @@ fn batch_arithmetic_errors_come_before_any_process_group() {
         l.contains("trainer.devices=4") && l.contains("started 2"),
         "{l}"
     );
+}
+
+/// `max_steps` comparable steps (global batch 8) into `run`, with `extra`.
+fn comparable(run: &Path, max_steps: u64, extra: &[&str]) -> Vec<String> {
+    let mut a = overrides(run, COMPARABLE);
+    a.extend([
+        format!("trainer.max_steps={max_steps}"),
+        "trainer.val_check_interval=100000".to_string(),
+        "callbacks.checkpoint_every_n_steps.every_n_train_steps=5".to_string(),
+    ]);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn one_process(tmp: &Path, max_steps: u64) -> std::path::PathBuf {
+    let one = tmp.join("one");
+    let o = mdlm(tmp, &comparable(&one, max_steps, &["loader.batch_size=8"]));
+    assert!(o.status.success(), "one process:\n{}", stderr(&o));
+    one
+}
+
+#[test]
+fn two_nodes_of_two_processes_equal_one_process() {
+    let tmp = TempDir::new("dist-nodes");
+    shakespeare_cache(tmp.path());
+    let one = one_process(tmp.path(), 10);
+    let nodes = ["trainer.num_nodes=2", "trainer.devices=2"];
+
+    // torchrun on each of two "nodes": global RANK = NODE_RANK * LOCAL_WORLD_SIZE + LOCAL_RANK.
+    let torchrun = tmp.path().join("torchrun");
+    let a = comparable(&torchrun, 10, &nodes);
+    let port = free_port().unwrap();
+    let logs: Vec<_> = (0..4)
+        .map(|i| tmp.path().join(format!("t{i}.log")))
+        .collect();
+    let ranks: Vec<_> = (0..4)
+        .map(|i| {
+            let vars = [
+                ("RANK", i.to_string()),
+                ("LOCAL_RANK", (i % 2).to_string()),
+                ("NODE_RANK", (i / 2).to_string()),
+                ("LOCAL_WORLD_SIZE", "2".to_string()),
+                ("WORLD_SIZE", "4".to_string()),
+                ("MASTER_ADDR", "127.0.0.1".to_string()),
+                ("MASTER_PORT", port.to_string()),
+            ];
+            spawn(tmp.path(), &a, &vars, &logs[i])
+        })
+        .collect();
+    wait_all(ranks, &logs, Duration::from_secs(180));
+    let log0 = std::fs::read_to_string(&logs[0]).unwrap();
+    assert!(log0.contains("batch 2 x 4 ranks x accumulate 1"), "{log0}");
+    assert_same_parameters(&one, &torchrun, 10);
+    assert_same_steps(&steps(&one), &steps(&torchrun));
+
+    // The same job as an sbatch script runs it: srun (a stand-in that sets slurm's variables
+    // per task) starts 2 nodes x 2 tasks; the rendezvous host is the node list's first.
+    let slurm = tmp.path().join("slurm");
+    let mut cmd = vec![env!("CARGO_BIN_EXE_mdlm").to_string()];
+    cmd.extend(comparable(&slurm, 10, &nodes));
+    let srun = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/srun");
+    let o = std::process::Command::new(&srun)
+        .args(["--nodes=2", "--ntasks-per-node=2"])
+        .args(&cmd)
+        .env("MDLM_CACHE", tmp.path())
+        .env("OMP_NUM_THREADS", "1")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("MASTER_PORT", free_port().unwrap().to_string())
+        .env("SRUN_LOG_DIR", tmp.path())
+        .output()
+        .unwrap();
+    let task0 = std::fs::read_to_string(tmp.path().join("task0.log")).unwrap_or_default();
+    assert!(o.status.success(), "srun: {}\ntask 0:\n{task0}", stderr(&o));
+    assert!(
+        task0.contains("batch 2 x 4 ranks x accumulate 1"),
+        "{task0}"
+    );
+    assert_same_parameters(&one, &slurm, 10);
+    assert_same_steps(&steps(&one), &steps(&slurm));
+}
+
+#[test]
+fn a_two_process_checkpoint_resumes_on_one_process() {
+    let tmp = TempDir::new("dist-2to1");
+    shakespeare_cache(tmp.path());
+    // Uninterrupted on two processes (the local launcher) ...
+    let whole = tmp.path().join("whole");
+    let o = mdlm(tmp.path(), &comparable(&whole, 10, &["trainer.devices=2"]));
+    assert!(o.status.success(), "two processes:\n{}", stderr(&o));
+    // ... and stopped at step 5 on two, resumed to step 10 on one with the same global batch.
+    let split = tmp.path().join("split");
+    let o = mdlm(tmp.path(), &comparable(&split, 5, &["trainer.devices=2"]));
+    assert!(o.status.success(), "first half:\n{}", stderr(&o));
+    let o = mdlm(
+        tmp.path(),
+        &comparable(&split, 10, &["loader.batch_size=8"]),
+    );
+    assert!(
+        o.status.success(),
+        "resumed on one process:\n{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("resuming from"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("batch 8 x 1 ranks"), "{}", stderr(&o));
+    assert_same_parameters(&whole, &split, 10);
+    let (w, s) = (steps(&whole), steps(&split));
+    assert_eq!(w.len(), 10);
+    assert_same_steps(&w, &s);
 }

@@ -288,6 +288,12 @@ pub fn plan(
             .accumulate_grad_batches
             .context("trainer.accumulate_grad_batches unresolved")?
             .max(1),
+        rows_per_batch: cfg
+            .loader
+            .batch_size
+            .context("loader.batch_size unresolved")?
+            * cfg.trainer.devices.unwrap_or(1)
+            * cfg.trainer.num_nodes.max(1),
         grad_clip: cfg.trainer.gradient_clip_val.filter(|v| *v > 0.0),
         schedule,
         adamw: AdamWConfig {

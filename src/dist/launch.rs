@@ -1,7 +1,8 @@
 //! Who this process is in a data-parallel run, read from the launcher's environment, and the
 //! local launcher that starts one process per device on this machine.
 //!
-//! - torchrun style: `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`;
+//! - torchrun style: `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT` (with
+//!   `NODE_RANK` and `LOCAL_WORLD_SIZE`, checked against `RANK`);
 //! - slurm (`srun`, one task per GPU as the reference's sbatch scripts run Lightning):
 //!   `SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`, and the first host of
 //!   `SLURM_JOB_NODELIST` as the rendezvous host.
@@ -54,10 +55,21 @@ impl Launch {
         };
         let launch = if let Some(world) = num("WORLD_SIZE")? {
             let rank = num("RANK")?.context("WORLD_SIZE is set but RANK is not")?;
+            let local_rank = num("LOCAL_RANK")?.unwrap_or(rank);
+            // torchrun numbers ranks node by node; a hand-written launch that does not would
+            // pair devices and data shards wrongly without failing.
+            if let (Some(node), Some(per_node)) = (num("NODE_RANK")?, num("LOCAL_WORLD_SIZE")?)
+                && rank != node * per_node + local_rank
+            {
+                bail!(
+                    "RANK={rank} but NODE_RANK={node} x LOCAL_WORLD_SIZE={per_node} + LOCAL_RANK={local_rank} = {}; torchrun numbers ranks node by node",
+                    node * per_node + local_rank
+                );
+            }
             Launch {
                 rank,
                 world,
-                local_rank: num("LOCAL_RANK")?.unwrap_or(rank),
+                local_rank,
                 master_addr: var("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into()),
                 master_port: port(DEFAULT_PORT)?,
                 source: "RANK/WORLD_SIZE",
@@ -254,6 +266,22 @@ mod tests {
         );
         assert_eq!(t.master_addr, "127.0.0.1");
         assert!(from(&[("WORLD_SIZE", "2"), ("RANK", "2")]).is_err());
+        // Node 1 of 2 nodes x 2: ranks 2 and 3.
+        let node = |rank: &str, local: &str| {
+            from(&[
+                ("WORLD_SIZE", "4"),
+                ("RANK", rank),
+                ("LOCAL_RANK", local),
+                ("NODE_RANK", "1"),
+                ("LOCAL_WORLD_SIZE", "2"),
+            ])
+        };
+        assert_eq!(node("3", "1").unwrap().unwrap().local_rank, 1);
+        let e = node("1", "1").unwrap_err().to_string();
+        assert!(
+            e.contains("NODE_RANK=1 x LOCAL_WORLD_SIZE=2 + LOCAL_RANK=1 = 3"),
+            "{e}"
+        );
         assert!(from(&[("WORLD_SIZE", "2")]).is_err());
         assert!(from(&[("WORLD_SIZE", "two"), ("RANK", "0")]).is_err());
     }

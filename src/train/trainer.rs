@@ -33,6 +33,10 @@ use tch::Tensor;
 pub struct TrainPlan {
     pub max_steps: u64,
     pub accumulate: usize,
+    /// Rows of the data one loader batch stands for over all ranks (`batch_size x processes`):
+    /// the unit of the loader position a checkpoint records, so that a run resumes at the same
+    /// place with another number of processes.
+    pub rows_per_batch: usize,
     pub grad_clip: Option<f64>,
     pub schedule: LrSchedule,
     pub adamw: AdamWConfig,
@@ -93,7 +97,7 @@ pub fn train(
     let mut state = TrainState::new(params, plan.adamw, plan.ema_decay);
     let mut resumed_from = None;
     if let Some(path) = &plan.resume_from {
-        state.resume(path, plan.accumulate, train_loader)?;
+        state.resume(path, plan.accumulate, plan.rows_per_batch, train_loader)?;
         resumed_from = Some(state.step);
         tracing::info!(step = state.step, path = %path.display(), "resumed");
     }
@@ -314,8 +318,7 @@ impl Trainer<'_> {
     fn save(&self, path: &Path) -> Result<()> {
         let loader = self.train_loader.state();
         let plan = self.plan;
-        self.state
-            .save(path, loader, plan.seed, &plan.config_yaml)?;
+        self.state.save(path, loader, plan, &plan.config_yaml)?;
         tracing::info!(step = self.state.step, path = %path.display(), "checkpoint written");
         Ok(())
     }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod curve;
+pub mod ddp;
 pub mod hub;
 pub mod parquet;
 
