@@ -1,6 +1,8 @@
 //! Data parallelism on CPU with Gloo over loopback, at a tiny size:
 //! - the training step time of 1 process (whole batch) vs 2 processes (half each), from
 //!   `mdlm train` runs of two lengths so start-up cancels out;
+//! - gradient accumulation: with 4 micro-batches per optimizer step the gradients are exchanged
+//!   once per optimizer step (the trainer's count of its exchanges and all-reduces);
 //! - all-reduce throughput (MB/s) for the gradient size of `model=small` (the reference's DiT),
 //!   in the 25 MB buckets training uses, between two processes.
 //!
@@ -28,11 +30,18 @@ const TINY: &[&str] = &[
 ];
 
 fn train_seconds(devices: usize, steps: u64, dir: &std::path::Path) -> f64 {
-    let _ = std::fs::remove_dir_all(dir);
     let t = Instant::now();
+    train(devices, steps, dir, &[]);
+    t.elapsed().as_secs_f64()
+}
+
+/// `mdlm train` on the tiny model with `devices` processes; its stderr.
+fn train(devices: usize, steps: u64, dir: &std::path::Path, extra: &[&str]) -> String {
+    let _ = std::fs::remove_dir_all(dir);
     let o = Command::new(env!("CARGO_BIN_EXE_mdlm"))
         .arg("train")
         .args(TINY)
+        .args(extra)
         .arg(format!("trainer.devices={devices}"))
         .arg(format!("trainer.max_steps={steps}"))
         .arg(format!("hydra.run.dir={}", dir.display()))
@@ -45,7 +54,33 @@ fn train_seconds(devices: usize, steps: u64, dir: &std::path::Path) -> f64 {
         "mdlm train failed:\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    t.elapsed().as_secs_f64()
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Gradient accumulation under data parallelism: 2 processes x 4 micro-batches per optimizer
+/// step; the trainer's own count of its gradient exchanges and all-reduces.
+fn accumulation(dir: &std::path::Path) {
+    let steps = 3;
+    let log = train(2, steps, dir, &["loader.batch_size=2"]);
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("gradients exchanged"))
+        .unwrap_or_else(|| panic!("no exchange count in the log:\n{log}"));
+    let n: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (syncs, opt_steps, micro) = (n[0], n[1], n[2]);
+    assert_eq!(opt_steps, steps);
+    assert_eq!(
+        micro,
+        4 * steps,
+        "global batch 16 = 2 x 2 processes x accumulate 4"
+    );
+    assert_eq!(syncs, opt_steps, "{line}");
+    println!(
+        "gradient accumulation under data parallelism (2 processes x accumulate 4): {line} — communication once per optimizer step, none per micro-batch"
+    );
 }
 
 /// One rank of the all-reduce measurement (this bench re-run with RANK/WORLD_SIZE set).
@@ -107,6 +142,7 @@ fn main() {
             (b - a) / (long - short) as f64 * 1e3
         );
     }
+    accumulation(&tmp.join("accumulate"));
     let _ = std::fs::remove_dir_all(&tmp);
 
     let numel = if quick { 10_000_000 } else { small_numel() };

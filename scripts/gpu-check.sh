@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Short CUDA check with a prebuilt release binary (see scripts/gpu-pack.sh): bf16 training of the
-# preset and of a `small`-shaped model, sampling with ddpm and ddpm_cache, and the benches. Prints
+# preset and of a `small`-shaped model, sampling with ddpm and ddpm_cache, NCCL training and
+# evaluation (world size 1), and the benches. Prints
 # the device, tokens/s, MFU and peak GPU memory. Uses the libtorch of python3's torch when there is one.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -66,6 +67,31 @@ set -x
 RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29517 \
   "$BIN" train experiment=shakespeare trainer.accelerator=cuda trainer.max_steps=50 trainer.val_check_interval=50 \
   trainer.dist_timeout_s=120 hydra.run.dir="$OUTDIR/nccl" 2>&1 | grep -v '^[│├└]' | tail -4
+# Data-parallel evaluation on NCCL (world size 1, torchrun-style variables): ppl-eval's
+# all-reduce of token-weighted sums and sample-eval's gather, each against the same command run
+# alone — the NLL and the sample tokens must be equal.
+CK="$OUTDIR/nccl/checkpoints/last.safetensors"
+RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29518 \
+  "$BIN" ppl-eval experiment=shakespeare trainer.accelerator=cuda eval.checkpoint_path="$CK" \
+  trainer.limit_val_batches=8 trainer.dist_timeout_s=120 hydra.run.dir="$OUTDIR/nccl-ppl" 2>&1 | tail -1
+"$BIN" ppl-eval experiment=shakespeare trainer.accelerator=cuda eval.checkpoint_path="$CK" \
+  trainer.limit_val_batches=8 hydra.run.dir="$OUTDIR/alone-ppl" 2>&1 | tail -1
+RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29519 \
+  "$BIN" sample-eval experiment=shakespeare trainer.accelerator=cuda eval.checkpoint_path="$CK" \
+  loader.eval_global_batch_size=4 sampling.num_samples=12 trainer.dist_timeout_s=120 \
+  hydra.run.dir="$OUTDIR/nccl-sample" 2>&1 | tail -1
+"$BIN" sample-eval experiment=shakespeare trainer.accelerator=cuda eval.checkpoint_path="$CK" \
+  loader.eval_global_batch_size=4 sampling.num_samples=12 hydra.run.dir="$OUTDIR/alone-sample" 2>&1 | tail -1
+{ set +x; } 2>/dev/null
+python3 - "$OUTDIR" <<'PY'
+import json, sys
+d = sys.argv[1]
+nll = [json.loads(open(f"{d}/{r}/metrics.jsonl").readline())["val/nll"] for r in ("nccl-ppl", "alone-ppl")]
+tok = [[json.loads(l)["tokens"] for l in open(f"{d}/{r}/samples.jsonl")] for r in ("nccl-sample", "alone-sample")]
+print(f"NCCL ppl-eval nll {nll[0]!r} vs alone {nll[1]!r}: {'equal' if nll[0] == nll[1] else 'DIFFERENT'}")
+print(f"NCCL sample-eval {len(tok[0])} samples vs alone {len(tok[1])}: {'equal' if tok[0] == tok[1] else 'DIFFERENT'}")
+PY
+set -x
 # DiMamba on CUDA: the closed-form scan and its recomputing backward (scan.cpp), bf16.
 "$BIN" train experiment=shakespeare backbone=dimamba model=tiny-dimamba model.n_blocks=4 trainer.accelerator=cuda \
   trainer.precision=bf16 trainer.max_steps=30 trainer.val_check_interval=30 trainer.limit_val_batches=2 \

@@ -70,6 +70,12 @@ fn two_ranks_with_half_the_batch_equal_one_process_with_all_of_it() {
     assert!(o.status.success(), "two ranks:\n{}", stderr(&o));
     assert!(stderr(&o).contains("starting 2 ranks"), "{}", stderr(&o));
     assert!(t.elapsed() < Duration::from_secs(120));
+    // Accumulation communicates once per optimizer step, not per micro-batch.
+    assert!(
+        stderr(&o).contains("gradients exchanged 6 times in 6 optimizer steps of 12 micro-batches"),
+        "{}",
+        stderr(&o)
+    );
     // Only rank 0 writes a TensorBoard event file (and draws the validation samples in it).
     let event_files = std::fs::read_dir(two.join("tb")).unwrap().count();
     assert_eq!(

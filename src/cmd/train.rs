@@ -94,6 +94,13 @@ pub fn run(cfg: Config, launch: Option<&Launch>) -> Result<TrainOutcome> {
     }
     if main {
         report(&out, model.train_flops_per_token(&cfg.model));
+        if world > 1 {
+            let c = out.comm;
+            eprintln!(
+                "gradients exchanged {} times in {} optimizer steps of {} micro-batches per rank ({} all-reduces)",
+                c.syncs, c.steps, c.micro_batches, c.collectives
+            );
+        }
     }
     Ok(out)
 }

@@ -145,6 +145,8 @@ pub struct ProcessGroup {
     /// Set after a failed collective: the group may hold threads blocked on a dead peer, so it
     /// is leaked at exit instead of joined.
     poisoned: AtomicBool,
+    /// Collectives issued (all-reduce, broadcast, barrier): what the benches count.
+    issued: std::sync::atomic::AtomicU64,
 }
 
 impl ProcessGroup {
@@ -206,6 +208,7 @@ impl ProcessGroup {
             stop,
             heartbeat: Some(heartbeat),
             poisoned: AtomicBool::new(false),
+            issued: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -227,6 +230,11 @@ impl ProcessGroup {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Collectives this rank has issued so far.
+    pub fn collectives(&self) -> u64 {
+        self.issued.load(Ordering::Relaxed)
     }
 
     /// In place: the sum over ranks.
@@ -259,6 +267,7 @@ impl ProcessGroup {
         op: &str,
         f: impl FnOnce(*mut ffi::mdlm_pg) -> *mut std::os::raw::c_char,
     ) -> Result<()> {
+        self.issued.fetch_add(1, Ordering::Relaxed);
         if self.poisoned.load(Ordering::Relaxed) {
             bail!(
                 "rank {}/{}: {op} after an earlier collective failed",

@@ -76,6 +76,18 @@ pub struct TrainOutcome {
     pub last_checkpoint: Option<PathBuf>,
     pub tokens_per_s: f64,
     pub last_loss: f64,
+    /// Data parallelism: what the gradient exchange cost over this process's steps.
+    pub comm: Comm,
+}
+
+/// Gradient exchanges of a data-parallel run: `syncs` rounds (one per optimizer step, however
+/// many micro-batches it accumulates) of `collectives` all-reduces in all (one per bucket).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Comm {
+    pub steps: u64,
+    pub micro_batches: u64,
+    pub syncs: u64,
+    pub collectives: u64,
 }
 
 /// Runs `plan` from scratch or from `plan.resume_from`, alone or as one rank of `dist` (loaders
@@ -115,6 +127,7 @@ pub fn train(
         reducer,
         state,
         log,
+        comm: Comm::default(),
     };
     let end = stop_after.map_or(plan.max_steps, |s| s.min(plan.max_steps));
     Ok(TrainOutcome {
@@ -137,6 +150,7 @@ struct Trainer<'a> {
     reducer: Option<GradReducer>,
     state: TrainState,
     log: RunLog,
+    comm: Comm,
 }
 
 impl Trainer<'_> {
@@ -197,6 +211,7 @@ impl Trainer<'_> {
             last_checkpoint,
             tokens_per_s,
             last_loss,
+            comm: self.comm,
         })
     }
 
@@ -223,8 +238,16 @@ impl Trainer<'_> {
             });
         }
         let loss_sum = loss_sum.context("accumulate_grad_batches is 0")?;
+        self.comm.steps += 1;
+        self.comm.micro_batches += self.plan.accumulate as u64;
         let loss_sum = match (self.dist, &self.reducer) {
-            (Some(pg), Some(r)) => r.reduce(pg, &self.state.params, &loss_sum)?,
+            (Some(pg), Some(r)) => {
+                let before = pg.collectives();
+                let mean = r.reduce(pg, &self.state.params, &loss_sum)?;
+                self.comm.syncs += 1;
+                self.comm.collectives += pg.collectives() - before;
+                mean
+            }
             _ => loss_sum,
         };
         Ok(loss_sum)
