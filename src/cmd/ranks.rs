@@ -41,12 +41,21 @@ pub fn role(cfg: &Config) -> Result<Role> {
     resolved.check_data_parallel(devices)?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let exe = std::env::current_exe().context("locating the mdlm executable")?;
+    // The ranks resolve `${now:}` (the default run directory) with this process's clock.
+    let mut env = vec![(config::NOW_VAR, config::now_epoch().to_string())];
+    // As torchrun does: ranks sharing the machine's cores each get their share of the CPU
+    // threads instead of all of them (N ranks x all cores oversubscribes a CPU run N-fold).
+    if std::env::var_os("OMP_NUM_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        env.push(("OMP_NUM_THREADS", (cores / devices).max(1).to_string()));
+    }
     eprintln!(
-        "starting {devices} ranks on this machine (one per device); run dir {}",
+        "starting {devices} ranks on this machine (one per device{}); run dir {}",
+        env.iter()
+            .find(|(k, _)| *k == "OMP_NUM_THREADS")
+            .map_or(String::new(), |(_, n)| format!(", OMP_NUM_THREADS={n} per rank")),
         cfg.run_dir().display()
     );
-    // The ranks resolve `${now:}` (the default run directory) with this process's clock.
-    let env = [(config::NOW_VAR, config::now_epoch().to_string())];
     let grace = Duration::from_secs_f64(cfg.trainer.dist_timeout_s + 30.0);
     dist::launch::spawn_local(&exe, &args, &env, devices, grace)?;
     Ok(Role::Launched)
