@@ -136,6 +136,9 @@ fn sample_eval_on_two_processes_gathers_distinct_samples() {
     let tmp = TempDir::new("dist-sample");
     shakespeare_cache(tmp.path());
     let ckpt = train_tiny(tmp.path(), &tmp.path().join("run"), 3);
+    // A GPT-2 whose output is uniform: generative perplexity 50257 whatever the samples.
+    let evaluator = tmp.path().join("evaluator");
+    uniform_gpt2(&evaluator);
     // Batches of 4 per process: 2 batches for 6 samples, one drawn by each process.
     let sample = |dir: &str, extra: &[&str]| {
         let d = tmp.path().join(dir);
@@ -144,6 +147,12 @@ fn sample_eval_on_two_processes_gathers_distinct_samples() {
             format!("eval.checkpoint_path={}", ckpt.display()),
             "sampling.num_samples=6".into(),
             "sampling.steps=16".into(),
+            "eval.compute_generative_perplexity=True".into(),
+            format!(
+                "eval.gen_ppl_eval_model_name_or_path={}",
+                evaluator.display()
+            ),
+            "eval.perplexity_batch_size=3".into(),
         ]);
         a.extend(extra.iter().map(|s| s.to_string()));
         let o = mdlm(tmp.path(), &a);
@@ -164,6 +173,10 @@ fn sample_eval_on_two_processes_gathers_distinct_samples() {
             assert_ne!(a.1, b.1, "two samples are equal: the ranks shared noise");
         }
     }
+    // Generative perplexity over all 6 (rank 0's 4 alone would be one scoring batch of 3).
+    let m = metrics_of(&tmp.path().join("two"));
+    assert_eq!(m["samples_scored"], 6);
+    assert!((m["gen_ppl"].as_f64().unwrap() / 50257.0 - 1.0).abs() < 1e-4);
     // Reproducible: the same seed gives the same 6 samples in the same order ...
     assert_eq!(sample("again", &two), first);
     // ... as does one process drawing the same batches of 4 ...
@@ -172,6 +185,8 @@ fn sample_eval_on_two_processes_gathers_distinct_samples() {
         first,
         "one process drew other samples than two with the same batches"
     );
+    let entropy = |dir: &str| metrics_of(&tmp.path().join(dir))["unigram_entropy"].as_f64();
+    assert_eq!(entropy("one"), entropy("two"));
     // ... and another seed other samples.
     let mut other = two.to_vec();
     other.push("seed=7");

@@ -53,7 +53,9 @@ pub fn role(cfg: &Config) -> Result<Role> {
         "starting {devices} ranks on this machine (one per device{}); run dir {}",
         env.iter()
             .find(|(k, _)| *k == "OMP_NUM_THREADS")
-            .map_or(String::new(), |(_, n)| format!(", OMP_NUM_THREADS={n} per rank")),
+            .map_or(String::new(), |(_, n)| format!(
+                ", OMP_NUM_THREADS={n} per rank"
+            )),
         cfg.run_dir().display()
     );
     let grace = Duration::from_secs_f64(cfg.trainer.dist_timeout_s + 30.0);
