@@ -44,16 +44,21 @@ impl Draws {
         device: Device,
         antithetic: bool,
     ) -> Draws {
-        let whole = Draws::sample(global, len, device);
-        let u_t = if antithetic {
-            stratify(&whole.u_t)
+        Draws::sample(global, len, device).cut(rows, antithetic)
+    }
+
+    /// Rows `rows` of these draws for a whole batch (antithetic sampling applied over all of it
+    /// first).
+    pub fn cut(self, rows: &Tensor, antithetic: bool) -> Draws {
+        let u_t = if antithetic && !self.stratified {
+            stratify(&self.u_t)
         } else {
-            whole.u_t
+            self.u_t
         };
         Draws {
             u_t: u_t.index_select(0, rows),
-            u_mask: whole.u_mask.index_select(0, rows),
-            stratified: antithetic,
+            u_mask: self.u_mask.index_select(0, rows),
+            stratified: self.stratified || antithetic,
         }
     }
 
@@ -280,6 +285,49 @@ pub fn crop(
 mod tests {
     use super::*;
     use crate::diffusion::{Noise, Parameterization};
+
+    /// Any split of a batch's rows between processes gives each row exactly the time and mask
+    /// draws the whole batch gives it (antithetic sampling included), bit for bit.
+    #[test]
+    fn rows_of_a_batch_draw_what_the_whole_batch_draws() {
+        let mut diff = Diffusion {
+            parameterization: Parameterization::Subs,
+            noise: Noise::LogLinear { eps: 1e-3 },
+            mask_index: 0,
+            vocab_size: 3,
+            time_conditioning: false,
+            t_steps: 0,
+            subs_masking: false,
+            sampling_eps: 1e-3,
+            antithetic_sampling: true,
+            importance_sampling: false,
+            change_of_variables: false,
+        };
+        let draws = || Draws {
+            u_t: Tensor::from_slice(&[0.9f32, 0.1, 0.5, 0.99, 0.0, 0.7, 0.3]),
+            u_mask: Tensor::arange(35, (Kind::Float, Device::Cpu)).view([7, 5]) / 35.0,
+            stratified: false,
+        };
+        for antithetic in [true, false] {
+            diff.antithetic_sampling = antithetic;
+            let whole = draws();
+            let t = diff.sample_t(&whole.u_t, whole.stratified).unwrap();
+            for rows in [vec![0i64, 3, 6], vec![1, 4], vec![2, 5], vec![6]] {
+                let idx = Tensor::from_slice(&rows);
+                let part = draws().cut(&idx, antithetic);
+                let tp = diff.sample_t(&part.u_t, part.stratified).unwrap();
+                assert!(tp.equal(&t.index_select(0, &idx)), "t of rows {rows:?}");
+                assert!(part.u_mask.equal(&whole.u_mask.index_select(0, &idx)));
+                // Spread over 7 rows: row i's time lies in [i/7, (i+1)/7) (before the eps map).
+                if antithetic {
+                    let e: Vec<f32> = Vec::try_from(&part.u_t).unwrap();
+                    for (&i, e) in rows.iter().zip(e) {
+                        assert!(e >= i as f32 / 7.0 && e < (i + 1) as f32 / 7.0, "{i}: {e}");
+                    }
+                }
+            }
+        }
+    }
 
     /// Score entropy with the mask in the middle of the vocabulary (BERT's [MASK] is 103 of
     /// 30522), against the formula evaluated element by element in f64.
