@@ -56,9 +56,12 @@ fn sedd_through_the_same_interface() {
 
 #[test]
 fn d3pm_through_the_same_interface() {
+    // With subs_masking: the reference's d3pm output keeps the mask's logit otherwise, so the
+    // final argmax of a model trained for 4 steps may return the mask token (a property of d3pm,
+    // not of the backbone), and the shared check that no mask survives would depend on the draws.
     run(
         "dimamba-d3pm",
-        &["parameterization=d3pm", "T=1000"],
+        &["parameterization=d3pm", "T=1000", "subs_masking=True"],
         4,
         &["sampling.predictor=ddpm", "sampling.steps=8"],
     );

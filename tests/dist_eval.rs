@@ -57,6 +57,36 @@ fn ppl_eval_on_several_processes_equals_one() {
         assert_eq!(tokens, tokens1, "{devices} processes");
         assert_close(nll1, nll, &format!("validation NLL, {devices} processes"));
     }
+
+    // Without hydra.run.dir the ranks resolve the default `outputs/<data>/${now:...}` with the
+    // launcher's clock: one run directory, whatever second each rank starts in.
+    let cwd = tmp.path().join("cwd");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let mut a: Vec<String> = args(&["ppl-eval"], tiny_overrides(&cwd))
+        .into_iter()
+        .filter(|o| !o.starts_with("hydra.run.dir="))
+        .collect();
+    a.extend([ck.clone(), "trainer.devices=2".into()]);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mdlm"))
+        .args(&a)
+        .current_dir(&cwd)
+        .env("MDLM_CACHE", tmp.path())
+        .env("OMP_NUM_THREADS", "1")
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("MDLM_NOW")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "default run dir:\n{}", stderr(&o));
+    let days: Vec<_> = std::fs::read_dir(cwd.join("outputs/shakespeare"))
+        .unwrap()
+        .collect();
+    assert_eq!(days.len(), 1);
+    let runs: Vec<_> = std::fs::read_dir(days[0].as_ref().unwrap().path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(runs[0].join("metrics.jsonl").exists());
 }
 
 #[test]
