@@ -92,20 +92,8 @@ fn ppl_eval_on_several_processes_equals_one() {
 #[test]
 fn the_zero_shot_table_on_two_processes_equals_one() {
     let tmp = TempDir::new("dist-zeroshot");
-    local_corpora(tmp.path());
-    let hub = tmp.path().join("hub");
-    hub_repo(
-        &hub,
-        "gpt2",
-        "abc123",
-        &[shared_data().join("../assets/tokenizers/gpt2/tokenizer.json")],
-    );
+    let (hub, ckpt) = zero_shot_setup(tmp.path());
     let run = |a: &[String]| mdlm_env(tmp.path(), &[("HF_HUB_CACHE", &hub)], a);
-    let run_dir = tmp.path().join("run");
-    let mut t = args(&["train", "data=lambada"], tiny_overrides(&run_dir));
-    t.extend(["trainer.max_steps=2", "trainer.val_check_interval=100"].map(String::from));
-    let o = run(&t);
-    assert!(o.status.success(), "{}", stderr(&o));
     let table = |dir: &str, devices: usize| -> Vec<Vec<String>> {
         let d = tmp.path().join(dir);
         let mut a = args(
@@ -117,10 +105,7 @@ fn the_zero_shot_table_on_two_processes_equals_one() {
             tiny_overrides(&d),
         );
         a.extend([
-            format!(
-                "eval.checkpoint_path={}",
-                run_dir.join("checkpoints/last.safetensors").display()
-            ),
+            format!("eval.checkpoint_path={}", ckpt.display()),
             format!("trainer.devices={devices}"),
         ]);
         let o = run(&a);

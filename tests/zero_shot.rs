@@ -8,29 +8,10 @@ use support::*;
 #[test]
 fn ppl_eval_over_several_data_groups_prints_one_table() {
     let tmp = TempDir::new("zeroshot");
-    local_corpora(tmp.path());
-    let hub = tmp.path().join("hub");
-    hub_repo(
-        &hub,
-        "gpt2",
-        "abc123",
-        &[shared_data().join("../assets/tokenizers/gpt2/tokenizer.json")],
-    );
-    let run = |a: &[String]| mdlm_env(tmp.path(), &[("HF_HUB_CACHE", &hub)], a);
-
     // A tiny GPT-2-vocabulary model trained for two steps on LAMBADA.
-    let run_dir = tmp.path().join("run");
-    let mut t = args(&["train", "data=lambada"], tiny_overrides(&run_dir));
-    t.extend([
-        "trainer.max_steps=2".to_string(),
-        "trainer.val_check_interval=100".to_string(),
-    ]);
-    let o = run(&t);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let ck = format!(
-        "eval.checkpoint_path={}",
-        run_dir.join("checkpoints/last.safetensors").display()
-    );
+    let (hub, ckpt) = zero_shot_setup(tmp.path());
+    let run = |a: &[String]| mdlm_env(tmp.path(), &[("HF_HUB_CACHE", &hub)], a);
+    let ck = format!("eval.checkpoint_path={}", ckpt.display());
 
     let table_dir = tmp.path().join("table");
     let mut p = args(

@@ -186,6 +186,26 @@ pub fn local_corpora(root: &Path) {
     }
 }
 
+/// The zero-shot corpora under `root` (see [`local_corpora`]), GPT-2's tokenizer in a hub cache
+/// at `<root>/hub`, and a tiny GPT-2-vocabulary model trained for two steps on LAMBADA into
+/// `<root>/run`. Returns the hub cache and the model's checkpoint.
+pub fn zero_shot_setup(root: &Path) -> (PathBuf, PathBuf) {
+    local_corpora(root);
+    let hub = root.join("hub");
+    hub_repo(
+        &hub,
+        "gpt2",
+        "abc123",
+        &[shared_data().join("../assets/tokenizers/gpt2/tokenizer.json")],
+    );
+    let run_dir = root.join("run");
+    let mut t = args(&["train", "data=lambada"], tiny_overrides(&run_dir));
+    t.extend(["trainer.max_steps=2", "trainer.val_check_interval=100"].map(String::from));
+    let o = mdlm_env(root, &[("HF_HUB_CACHE", &hub)], &t);
+    assert!(o.status.success(), "{}", stderr(&o));
+    (hub, run_dir.join("checkpoints/last.safetensors"))
+}
+
 /// A Hugging Face hub cache at `hub` holding `repo` (`owner/name` or a legacy name) at commit
 /// `rev`, with `files` copied in; the layout hf-hub reads (`snapshots/<rev>`, `refs/main`).
 pub fn hub_repo(hub: &Path, repo: &str, rev: &str, files: &[PathBuf]) -> PathBuf {
