@@ -1,7 +1,9 @@
 //! Data parallelism on torch.distributed's Gloo backend, over loopback: two ranks with half the
-//! batch each train to the parameters and validation NLL of one process with the whole batch; a
-//! killed rank makes its peer fail within the timeout, naming it, and both resume from the last
-//! checkpoint; batch-arithmetic errors come before any process group.
+//! batch each train to the parameters and validation NLL of one process with the whole batch, as
+//! do 2 "nodes" x 2 processes started torchrun-style and through a stand-in `srun`; a killed rank
+//! makes its peer fail within the timeout, naming it, and both resume from the last checkpoint; a
+//! two-process checkpoint resumes on one process; batch-arithmetic errors come before any process
+//! group.
 
 mod support;
 
