@@ -7,7 +7,7 @@
 //! process-global generator (tests run in parallel threads).
 
 use mdlm::diffusion::subs::NEG_INFINITY;
-use mdlm::diffusion::{Diffusion, Noise, Parameterization};
+use mdlm::diffusion::{Diffusion, Parameterization};
 use mdlm::sample::categorical::{ReplayUniforms, Uniforms};
 use mdlm::sample::ddpm::DrawMode;
 use mdlm::sample::{self, ConfidenceRule, Denoiser, Held, Predictor, SampleSpec};
@@ -173,16 +173,7 @@ impl Denoiser for Oracle {
 fn diffusion(parameterization: Parameterization) -> Diffusion {
     Diffusion {
         parameterization,
-        noise: Noise::LogLinear { eps: 1e-3 },
-        mask_index: MASK,
-        vocab_size: V,
-        time_conditioning: false,
-        t_steps: 0,
-        subs_masking: false,
-        sampling_eps: 1e-3,
-        antithetic_sampling: true,
-        importance_sampling: false,
-        change_of_variables: false,
+        ..Diffusion::reference_subs(V, MASK)
     }
 }
 

@@ -53,20 +53,7 @@ pub fn time<F: FnMut()>(device: Device, warmup: usize, iters: usize, mut f: F) -
 /// The MDLM objective on a vocabulary whose last id is the mask (loglinear noise, no time
 /// conditioning): what every bench model is trained and sampled with.
 pub fn subs_diffusion(vocab: i64) -> mdlm::diffusion::Diffusion {
-    use mdlm::diffusion::{Diffusion, Noise, Parameterization};
-    Diffusion {
-        parameterization: Parameterization::Subs,
-        noise: Noise::LogLinear { eps: 1e-3 },
-        mask_index: vocab - 1,
-        vocab_size: vocab,
-        time_conditioning: false,
-        t_steps: 0,
-        subs_masking: false,
-        sampling_eps: 1e-3,
-        antithetic_sampling: true,
-        importance_sampling: false,
-        change_of_variables: false,
-    }
+    mdlm::diffusion::Diffusion::reference_subs(vocab, vocab - 1)
 }
 
 /// The reference's DiT with MLP ratio 4, 256 frequency features and rotary base 10^4, at the

@@ -290,19 +290,7 @@ mod tests {
     /// draws the whole batch gives it (antithetic sampling included), bit for bit.
     #[test]
     fn rows_of_a_batch_draw_what_the_whole_batch_draws() {
-        let mut diff = Diffusion {
-            parameterization: Parameterization::Subs,
-            noise: Noise::LogLinear { eps: 1e-3 },
-            mask_index: 0,
-            vocab_size: 3,
-            time_conditioning: false,
-            t_steps: 0,
-            subs_masking: false,
-            sampling_eps: 1e-3,
-            antithetic_sampling: true,
-            importance_sampling: false,
-            change_of_variables: false,
-        };
+        let mut diff = Diffusion::reference_subs(3, 0);
         let draws = || Draws {
             u_t: Tensor::from_slice(&[0.9f32, 0.1, 0.5, 0.99, 0.0, 0.7, 0.3]),
             u_mask: Tensor::arange(35, (Kind::Float, Device::Cpu)).view([7, 5]) / 35.0,

@@ -34,6 +34,25 @@ pub struct Diffusion {
 }
 
 impl Diffusion {
+    /// The reference's default objective (`configs/config.yaml`): SUBS with the log-linear
+    /// schedule, no time conditioning, continuous time, antithetic time draws, eps 1e-3 — for
+    /// tests and benches that need a diffusion without composing a config.
+    pub fn reference_subs(vocab_size: i64, mask_index: i64) -> Diffusion {
+        Diffusion {
+            parameterization: Parameterization::Subs,
+            noise: Noise::LogLinear { eps: 1e-3 },
+            mask_index,
+            vocab_size,
+            time_conditioning: false,
+            t_steps: 0,
+            subs_masking: false,
+            sampling_eps: 1e-3,
+            antithetic_sampling: true,
+            importance_sampling: false,
+            change_of_variables: false,
+        }
+    }
+
     /// The conditioning the backbone sees: flattened to `[B]`, zeroed without time conditioning.
     pub fn process_sigma(&self, sigma: &Tensor) -> Tensor {
         let sigma = sigma.reshape([-1]);

@@ -205,7 +205,6 @@ fn set_column(t: &Tensor, index: i64, value: f64) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diffusion::Noise;
     use crate::sample::categorical::TorchUniforms;
     use std::cell::Cell;
 
@@ -230,19 +229,7 @@ mod tests {
     }
 
     fn diffusion(v: i64, m: i64) -> Diffusion {
-        Diffusion {
-            parameterization: Parameterization::Subs,
-            noise: Noise::LogLinear { eps: 1e-3 },
-            mask_index: m,
-            vocab_size: v,
-            time_conditioning: false,
-            t_steps: 0,
-            subs_masking: false,
-            sampling_eps: 1e-3,
-            antithetic_sampling: true,
-            importance_sampling: false,
-            change_of_variables: false,
-        }
+        Diffusion::reference_subs(v, m)
     }
 
     #[test]
