@@ -152,8 +152,7 @@ fn sample_eval_on_two_processes_gathers_distinct_samples() {
     shakespeare_cache(tmp.path());
     let ckpt = train_tiny(tmp.path(), &tmp.path().join("run"), 3);
     // A GPT-2 whose output is uniform: generative perplexity 50257 whatever the samples.
-    let evaluator = tmp.path().join("evaluator");
-    uniform_gpt2(&evaluator);
+    let gen_ppl = uniform_gen_ppl(&tmp.path().join("evaluator"));
     // Batches of 4 per process: 2 batches for 6 samples, one drawn by each process.
     let sample = |dir: &str, extra: &[&str]| {
         let d = tmp.path().join(dir);
@@ -162,13 +161,9 @@ fn sample_eval_on_two_processes_gathers_distinct_samples() {
             format!("eval.checkpoint_path={}", ckpt.display()),
             "sampling.num_samples=6".into(),
             "sampling.steps=16".into(),
-            "eval.compute_generative_perplexity=True".into(),
-            format!(
-                "eval.gen_ppl_eval_model_name_or_path={}",
-                evaluator.display()
-            ),
             "eval.perplexity_batch_size=3".into(),
         ]);
+        a.extend(gen_ppl.iter().cloned());
         a.extend(extra.iter().map(|s| s.to_string()));
         let o = mdlm(tmp.path(), &a);
         assert!(o.status.success(), "{dir}:\n{}", stderr(&o));

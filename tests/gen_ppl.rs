@@ -11,22 +11,17 @@ fn generative_perplexity_of_a_uniform_evaluator_is_the_vocabulary_size() {
     let tmp = TempDir::new("genppl");
     shakespeare_cache(tmp.path());
     let ckpt = train_tiny(tmp.path(), &tmp.path().join("run"), 2);
-    let evaluator = tmp.path().join("evaluator");
-    uniform_gpt2(&evaluator);
+    let gen_ppl = uniform_gen_ppl(&tmp.path().join("evaluator"));
 
     let dir = tmp.path().join("s");
     let mut s = args(&["sample-eval"], tiny_overrides(&dir));
     s.extend([
         format!("eval.checkpoint_path={}", ckpt.display()),
-        "eval.compute_generative_perplexity=True".to_string(),
-        format!(
-            "eval.gen_ppl_eval_model_name_or_path={}",
-            evaluator.display()
-        ),
         "sampling.steps=8".to_string(),
         "loader.eval_global_batch_size=3".to_string(),
         "eval.perplexity_batch_size=2".to_string(),
     ]);
+    s.extend(gen_ppl);
     let o = mdlm(tmp.path(), &s);
     assert!(o.status.success(), "{}", stderr(&o));
     let m = metrics_of(&dir);

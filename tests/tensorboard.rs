@@ -393,20 +393,15 @@ fn ppl_eval_and_sample_eval_log_their_results() {
     }
     assert_eq!(all.len(), 3, "{all:?}");
 
-    let evaluator = tmp.path().join("evaluator");
-    uniform_gpt2(&evaluator);
+    let gen_ppl = uniform_gen_ppl(&tmp.path().join("evaluator"));
     let dir = tmp.path().join("samples");
     let mut a = args(&["sample-eval"], tiny_overrides(&dir));
     a.extend([
         ck,
-        "eval.compute_generative_perplexity=True".to_string(),
-        format!(
-            "eval.gen_ppl_eval_model_name_or_path={}",
-            evaluator.display()
-        ),
         "sampling.steps=8".to_string(),
         "loader.eval_global_batch_size=3".to_string(),
     ]);
+    a.extend(gen_ppl);
     let o = mdlm(tmp.path(), &a);
     assert!(o.status.success(), "sample-eval failed:\n{}", stderr(&o));
     let m = metrics_of(&dir);

@@ -295,6 +295,16 @@ pub fn train_eval_sample(tag: &str, selection: &[&str], steps: u64, sampling: &[
     tmp
 }
 
+/// The sample-eval overrides that score generative perplexity with a [`uniform_gpt2`] evaluator,
+/// written to `dir` (its perplexity is 50257, the vocabulary size, whatever the samples).
+pub fn uniform_gen_ppl(dir: &Path) -> [String; 2] {
+    uniform_gpt2(dir);
+    [
+        "eval.compute_generative_perplexity=True".to_string(),
+        format!("eval.gen_ppl_eval_model_name_or_path={}", dir.display()),
+    ]
+}
+
 /// A GPT-2 folder (`config.json`, `model.safetensors`, GPT-2's `tokenizer.json`) whose output is
 /// exactly uniform (all weights zero): any text scores a perplexity of the vocabulary size.
 pub fn uniform_gpt2(dir: &Path) {
