@@ -105,6 +105,10 @@ impl Model {
                 let draws = match rows {
                     Rows::Whole => Draws::sample(b, l, dev),
                     Rows::Share(s) => Draws::sample_rows(b, l, dev, s.rank, s.world, anti),
+                    // Holding the whole batch (one process), the cut would select every row.
+                    Rows::Eval(place) if place.local.len() == place.rows => {
+                        Draws::sample(b, l, dev)
+                    }
                     Rows::Eval(place) => {
                         let local = Tensor::from_slice(&place.local).to_device(dev);
                         Draws::rows_of(place.rows as i64, &local, l, dev, anti)

@@ -95,10 +95,13 @@ pub fn run(cfg: Config, launch: Option<&Launch>) -> Result<TrainOutcome> {
     if main {
         report(&out, model.train_flops_per_token(&cfg.model));
         if world > 1 {
-            let c = out.comm;
+            // Steps this process took (a resumed run starts past the checkpoint's).
+            let steps = out.steps - out.resumed_from.unwrap_or(0);
             eprintln!(
-                "gradients exchanged {} times in {} optimizer steps of {} micro-batches per rank ({} all-reduces)",
-                c.syncs, c.steps, c.micro_batches, c.collectives
+                "gradients exchanged {} times in {steps} optimizer steps of {} micro-batches per rank ({} all-reduces)",
+                out.comm.syncs,
+                steps * plan.accumulate as u64,
+                out.comm.collectives
             );
         }
     }

@@ -84,8 +84,6 @@ pub struct TrainOutcome {
 /// many micro-batches it accumulates) of `collectives` all-reduces in all (one per bucket).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Comm {
-    pub steps: u64,
-    pub micro_batches: u64,
     pub syncs: u64,
     pub collectives: u64,
 }
@@ -238,8 +236,6 @@ impl Trainer<'_> {
             });
         }
         let loss_sum = loss_sum.context("accumulate_grad_batches is 0")?;
-        self.comm.steps += 1;
-        self.comm.micro_batches += self.plan.accumulate as u64;
         let loss_sum = match (self.dist, &self.reducer) {
             (Some(pg), Some(r)) => {
                 let before = pg.collectives();
