@@ -82,13 +82,7 @@ impl TrainState {
 
     /// Writes weights, EMA and optimizer tensors with the counters, `loader`'s position, the
     /// run's seed and the config that made it.
-    pub fn save(
-        &self,
-        path: &Path,
-        loader: LoaderState,
-        plan: &TrainPlan,
-        config_yaml: &str,
-    ) -> Result<()> {
+    pub fn save(&self, path: &Path, loader: LoaderState, plan: &TrainPlan) -> Result<()> {
         let mut tensors: Vec<(String, Tensor)> = self
             .params
             .iter()
@@ -105,7 +99,7 @@ impl TrainState {
             "accumulate": plan.accumulate,
             "seed": plan.seed,
         });
-        checkpoint::save(path, &tensors, &state, config_yaml)
+        checkpoint::save(path, &tensors, &state, &plan.config_yaml)
     }
 }
 

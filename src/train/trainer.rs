@@ -337,7 +337,7 @@ impl Trainer<'_> {
     fn save(&self, path: &Path) -> Result<()> {
         let loader = self.train_loader.state();
         let plan = self.plan;
-        self.state.save(path, loader, plan, &plan.config_yaml)?;
+        self.state.save(path, loader, plan)?;
         tracing::info!(step = self.state.step, path = %path.display(), "checkpoint written");
         Ok(())
     }
